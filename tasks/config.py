@@ -1,0 +1,309 @@
+"""params.yaml -> frozen dataclasses, one per section.
+
+params.yaml is the only home of pipeline defaults: every key must be present, unknown keys fail, and every
+value is type- and range-checked before any work starts, with the file, the key and what to do.
+Overrides use DVC's syntax: `--set grpo.temperature=0.8`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.rewards import RewardConfig
+
+REWARD_MODES = ("multi", "binary", "exact")
+BUILTIN_PREFIX = "builtin:"
+
+
+class ParamsError(ValueError):
+    """A params file or override that cannot be used; the message names the file and the key."""
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{key} {message}")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    data_dir: str
+    train_file: str
+    heldout_file: str
+    models_dir: str
+    reports_dir: str
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    n_items: int
+    min_score: int
+    max_score: int
+    n_train: int
+    n_heldout: int
+    train_seed: int
+    heldout_seed: int
+
+    def __post_init__(self) -> None:
+        _check(self.n_items >= 1, "n_items", f"must be >= 1 (got {self.n_items})")
+        _check(self.max_score > self.min_score, "max_score", "must be greater than min_score")
+        _check(self.n_train >= 1, "n_train", f"must be >= 1 (got {self.n_train})")
+        _check(self.n_heldout >= 1, "n_heldout", f"must be >= 1 (got {self.n_heldout})")
+        _check(self.train_seed != self.heldout_seed, "heldout_seed", "must differ from train_seed")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str
+    trust_remote_code: bool
+    # Shape of the built-in model; ignored for a pretrained one.
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_length: int
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name_or_path.strip()), "name_or_path", "must not be empty")
+        if self.is_builtin:
+            _check(
+                self.name_or_path == "builtin:tiny", "name_or_path", "knows one built-in model: builtin:tiny"
+            )
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length"):
+            _check(getattr(self, key) >= 1, key, f"must be >= 1 (got {getattr(self, key)})")
+        _check(self.hidden_size % self.num_heads == 0, "hidden_size", "must be a multiple of num_heads")
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.name_or_path.startswith(BUILTIN_PREFIX)
+
+
+@dataclass(frozen=True)
+class RewardParams(RewardConfig):
+    """The reward section: the article's RewardConfig plus which reward GRPO optimises."""
+
+    mode: str = "multi"
+    binary_tolerance: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(
+            self.mode in REWARD_MODES, "mode", f"must be one of {', '.join(REWARD_MODES)} (got {self.mode!r})"
+        )
+        _check(self.binary_tolerance >= 0, "binary_tolerance", f"must be >= 0 (got {self.binary_tolerance})")
+
+    @property
+    def config(self) -> RewardConfig:
+        return RewardConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RewardConfig)})
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    # "auto": on for a pretrained model, off for the built-in one.
+    enabled: bool | str
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check(
+            self.enabled in (True, False, "auto"),
+            "enabled",
+            f"must be true, false or auto (got {self.enabled!r})",
+        )
+        _check(self.r >= 1, "r", f"must be >= 1 (got {self.r})")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
+        _check(len(self.target_modules) >= 1, "target_modules", "must name at least one module")
+
+    def active(self, model: ModelConfig) -> bool:
+        return (not model.is_builtin) if self.enabled == "auto" else bool(self.enabled)
+
+
+@dataclass(frozen=True)
+class SftConfig:
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    lr_scheduler: str
+    logging_steps: int
+    lora: LoraConfig
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, "max_steps", f"must be >= 1 (got {self.max_steps})")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
+        _check(self.learning_rate > 0, "learning_rate", f"must be > 0 (got {self.learning_rate})")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0 (got {self.weight_decay})")
+        _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio})")
+        _check(self.logging_steps >= 1, "logging_steps", f"must be >= 1 (got {self.logging_steps})")
+
+
+@dataclass(frozen=True)
+class GrpoConfig:
+    max_steps: int
+    prompts_per_step: int
+    num_generations: int
+    temperature: float
+    max_completion_length: int
+    learning_rate: float
+    beta: float
+    min_std: float
+    min_unique_ratio: float
+    logging_steps: int
+    dead_window: int
+    dead_low: float
+    dead_high: float
+    lora: LoraConfig
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, "max_steps", f"must be >= 1 (got {self.max_steps})")
+        _check(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1 (got {self.prompts_per_step})")
+        _check(
+            self.num_generations >= 2,
+            "num_generations",
+            f"must be >= 2: GRPO compares completions within a group (got {self.num_generations})",
+        )
+        _check(self.temperature > 0, "temperature", f"must be > 0 (got {self.temperature})")
+        _check(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
+        _check(self.learning_rate > 0, "learning_rate", f"must be > 0 (got {self.learning_rate})")
+        _check(self.beta >= 0, "beta", f"must be >= 0 (got {self.beta})")
+        _check(self.min_std >= 0, "min_std", f"must be >= 0 (got {self.min_std})")
+        _check(0.0 <= self.min_unique_ratio <= 1.0, "min_unique_ratio", "must be in [0, 1]")
+        _check(self.logging_steps >= 1, "logging_steps", f"must be >= 1 (got {self.logging_steps})")
+        _check(self.dead_window >= 1, "dead_window", f"must be >= 1 (got {self.dead_window})")
+        _check(
+            0.0 <= self.dead_low < self.dead_high <= 1.0,
+            "dead_low",
+            "and dead_high need 0 <= low < high <= 1",
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int
+    max_new_tokens: int
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1 (got {self.max_new_tokens})")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    paths: PathsConfig
+    task: TaskConfig
+    model: ModelConfig
+    reward: RewardParams
+    sft: SftConfig
+    grpo: GrpoConfig
+    evaluate: EvaluateConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, file: str) -> Any:
+    """Check (and lightly normalise) one value against its annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key, file)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{file}: {key} must be {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, file)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{file}: {key} must be a list, got {value!r}")
+        return tuple(_coerce(v, item_type, f"{key}[{i}]", file) for i, v in enumerate(value))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        raise TypeError(f"unsupported params type {tp!r} for {key}")
+    if not ok:
+        raise ParamsError(f"{file}: {key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, data: Any, where: str, file: str) -> Any:
+    label = where or "the top level"
+    if not isinstance(data, dict):
+        raise ParamsError(f"{file}: {label} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{where}." if where else ""
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ParamsError(f"{file}: unknown key {prefix}{unknown[0]} (known keys: {', '.join(names)})")
+    missing = [n for n in names if n not in data]
+    if missing:
+        kind = "section" if dataclasses.is_dataclass(hints[missing[0]]) else "key"
+        raise ParamsError(f"{file}: missing {kind} {prefix}{missing[0]}")
+    values = {n: _coerce(data[n], hints[n], f"{prefix}{n}", file) for n in names}
+    try:
+        return cls(**values)
+    except ValueError as err:
+        raise ParamsError(f"{file}: {prefix}{err}") from None
+
+
+def apply_override(raw: dict[str, Any], assignment: str, file: str) -> None:
+    """Apply one DVC-style `section.key=value` override to the raw params mapping, in place."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ParamsError(f"--set {assignment!r}: expected section.key=value, e.g. grpo.temperature=0.8")
+    *parents, leaf = key.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ParamsError(f"--set {key}: {'.'.join(parents[: depth + 1])} is not a section of {file}")
+    if leaf not in node:
+        raise ParamsError(f"--set {key}: unknown key {key} in {file}")
+    try:
+        node[leaf] = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"--set {key}: cannot parse value {text!r}: {err}") from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
+    """Load, override, type-check and range-check params.yaml."""
+    path = Path(path)
+    file = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(
+            f"{file}: params file not found (run from the project root or pass --params)"
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ParamsError(f"{file}: not valid YAML: {err}") from None
+    if raw is None:
+        raw = {}
+    for assignment in overrides:
+        apply_override(raw, assignment, file)
+    return _build(Params, raw, "", file)

@@ -1,0 +1,159 @@
+"""The embedded scoring task and the JSONL data format.
+
+A row is `{"prompt": str, "scores": [int, ...]}` — the schema users bring their own data in.
+
+The embedded task: a short synthetic restaurant review covering `n_items` aspects; each aspect is scored by
+counting its positive minus negative words around a neutral midpoint, clipped to the score range. A small
+model learns the format quickly and the counting only approximately, so off-by-one near-misses are natural.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+ASPECTS = ("food", "service", "price", "ambience", "location", "cleanliness", "menu", "drinks")
+POSITIVE = ("great", "tasty", "fresh", "friendly", "cheap", "cozy", "lovely", "quick", "superb", "clean")
+NEGATIVE = ("bland", "slow", "rude", "pricey", "noisy", "dirty", "stale", "cold", "awful", "cramped")
+FILLERS = ("okay", "fine", "average", "usual", "decent")
+JOINERS = ("and", "but", "yet", "also")
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be read as JSONL rows; the message names the file and line."""
+
+
+def label_for(n_positive: int, n_negative: int, min_score: int, max_score: int) -> int:
+    """The embedded task's rule: neutral midpoint + positives - negatives, clipped to the range."""
+    neutral = (min_score + max_score) // 2
+    return max(min_score, min(max_score, neutral + n_positive - n_negative))
+
+
+def _aspect_phrase(rng: random.Random, aspect: str, max_words: int) -> tuple[str, int, int]:
+    n_pos, n_neg = rng.randint(0, max_words), rng.randint(0, max_words)
+    words = rng.sample(POSITIVE, n_pos) + rng.sample(NEGATIVE, n_neg)
+    if not words:
+        words = [rng.choice(FILLERS)]
+    rng.shuffle(words)
+    joined = [words[0]]
+    for word in words[1:]:
+        joined += [rng.choice(JOINERS), word]
+    return f"{aspect} : {' '.join(joined)} .", n_pos, n_neg
+
+
+def generate_rows(
+    n: int, seed: int, n_items: int = 4, min_score: int = 1, max_score: int = 5, exclude: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """n distinct rows of the embedded task; the same arguments always give the same rows."""
+    if not 1 <= n_items <= len(ASPECTS):
+        raise ValueError(f"the embedded task supports 1..{len(ASPECTS)} items (task.n_items), got {n_items}")
+    rng = random.Random(seed)
+    aspects = ASPECTS[:n_items]
+    # Enough words per aspect to reach both ends of the score range from the midpoint.
+    max_words = (max_score - min_score) // 2 + 1
+    seen = set(exclude)
+    rows: list[dict[str, Any]] = []
+    attempts = 0
+    while len(rows) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(
+                f"cannot draw {n} distinct prompts for this task size; lower task.n_train/n_heldout"
+            )
+        phrases, scores = [], []
+        for aspect in aspects:
+            phrase, n_pos, n_neg = _aspect_phrase(rng, aspect, max_words)
+            phrases.append(phrase)
+            scores.append(label_for(n_pos, n_neg, min_score, max_score))
+        prompt = f"review : {' '.join(phrases)} rate {' '.join(aspects)} from {min_score} to {max_score} :"
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        rows.append({"prompt": prompt, "scores": scores})
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write rows as JSONL atomically: readers see the old file or the whole new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def generate_dataset(
+    train_file: str | Path,
+    heldout_file: str | Path,
+    *,
+    n_train: int,
+    n_heldout: int,
+    train_seed: int,
+    heldout_seed: int,
+    n_items: int,
+    min_score: int,
+    max_score: int,
+) -> tuple[Path, Path]:
+    """Write the train and held-out files of the embedded task; no held-out prompt appears in train."""
+    train = generate_rows(n_train, train_seed, n_items, min_score, max_score)
+    heldout = generate_rows(
+        n_heldout, heldout_seed, n_items, min_score, max_score, exclude=(r["prompt"] for r in train)
+    )
+    return write_jsonl(train_file, train), write_jsonl(heldout_file, heldout)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read JSONL rows; any file that is not JSONL of objects fails with the file and line number."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataFileError(
+            f"{path}: file not found (run `rewardflow data generate` or point paths.* at your data)"
+        ) from None
+    except IsADirectoryError:
+        raise DataFileError(f"{path}: is a directory, expected a .jsonl file") from None
+    if not raw.strip():
+        raise DataFileError(f"{path}: file is empty, expected one JSON object per line")
+    rows: list[dict[str, Any]] = []
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataFileError(
+                f"{path}:{lineno}: not UTF-8 (byte {err.start}); re-encode the file as UTF-8"
+            ) from None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            hint = (
+                " (truncated last line?)"
+                if not raw.endswith(b"\n") and lineno == raw.count(b"\n") + 1
+                else ""
+            )
+            raise DataFileError(
+                f"{path}:{lineno}: not valid JSON{hint}: {err.msg} at column {err.colno}"
+            ) from None
+        if not isinstance(row, dict):
+            raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def completion_for(scores: Iterable[int]) -> str:
+    """The target completion for a row: the scores, space-separated."""
+    return " ".join(str(s) for s in scores)

@@ -1,0 +1,138 @@
+"""The embedded task generator and JSONL reading."""
+
+import hashlib
+import json
+
+import pytest
+
+from tasks.data import (
+    DataFileError,
+    generate_dataset,
+    generate_rows,
+    label_for,
+    read_jsonl,
+    write_jsonl,
+)
+
+KW = dict(n_train=300, n_heldout=60, train_seed=1, heldout_seed=2, n_items=4, min_score=1, max_score=5)
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    a = generate_dataset(tmp_path / "a/train.jsonl", tmp_path / "a/heldout.jsonl", **KW)
+    b = generate_dataset(tmp_path / "b/train.jsonl", tmp_path / "b/heldout.jsonl", **KW)
+    assert [_digest(p) for p in a] == [_digest(p) for p in b]
+    c = generate_dataset(tmp_path / "c/train.jsonl", tmp_path / "c/heldout.jsonl", **{**KW, "train_seed": 7})
+    assert _digest(c[0]) != _digest(a[0])
+
+
+def test_rows_follow_the_schema_and_the_labelling_rule(tmp_path):
+    train, heldout = generate_dataset(tmp_path / "train.jsonl", tmp_path / "heldout.jsonl", **KW)
+    rows, held = read_jsonl(train), read_jsonl(heldout)
+    assert len(rows) == 300 and len(held) == 60
+    for row in rows:
+        assert set(row) == {"prompt", "scores"}
+        assert len(row["scores"]) == 4 and all(1 <= s <= 5 for s in row["scores"])
+    # distinct within a file, and no held-out prompt leaks into train
+    assert len({r["prompt"] for r in rows}) == 300
+    assert not {r["prompt"] for r in rows} & {r["prompt"] for r in held}
+    # every score value occurs
+    assert {s for r in rows for s in r["scores"]} == {1, 2, 3, 4, 5}
+
+
+@pytest.mark.parametrize(
+    "pos, neg, expected",
+    [(0, 0, 3), (2, 0, 5), (3, 0, 5), (0, 1, 2), (0, 3, 1), (2, 2, 3), (1, 3, 1)],
+)
+def test_label_rule(pos, neg, expected):
+    assert label_for(pos, neg, 1, 5) == expected
+
+
+def test_labels_match_a_recount_of_the_prompt():
+    from tasks.data import NEGATIVE, POSITIVE
+
+    for row in generate_rows(200, seed=3):
+        segments = row["prompt"].removeprefix("review : ").split(" . ")[:4]
+        for segment, score in zip(segments, row["scores"], strict=True):
+            words = segment.split(" : ")[1].split()
+            pos = sum(w in POSITIVE for w in words)
+            neg = sum(w in NEGATIVE for w in words)
+            assert score == label_for(pos, neg, 1, 5), segment
+
+
+def test_too_many_items_fails():
+    with pytest.raises(ValueError, match="task.n_items"):
+        generate_rows(10, seed=1, n_items=20)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "file is empty"),  # empty file
+        (
+            b'{"prompt": "a", "scores": [1]}\n{"prompt": "b", "sco',
+            r":2: not valid JSON \(truncated last line\?\)",
+        ),
+        (b'{"prompt": "a", "scores": [1]}\nnot json\n{"prompt": "c"}\n', r":2: not valid JSON"),
+        (b'{"prompt": "a"}\n\xff\xfe bad bytes\n', r":2: not UTF-8"),
+        (b"[1, 2, 3]\n", r":1: expected a JSON object, got list"),
+    ],
+)
+def test_malformed_files_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError, match=message) as err:
+        read_jsonl(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataFileError, match="file not found"):
+        read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_write_is_atomic_on_failure(tmp_path):
+    path = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "a", "scores": [1]}])
+
+    def rows():
+        yield {"prompt": "b", "scores": [2]}
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(path, rows())
+    # the old file is intact and no temporary file is left behind
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"prompt": "a", "scores": [1]}]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
+
+
+def test_generate_recreates_what_data_dvc_pins(tmp_path):
+    """On a fresh clone, `rewardflow data generate` writes exactly the files data.dvc pins (real DVC)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    shutil.copytree(root / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    for name in ("data.dvc", "params.yaml"):
+        shutil.copy(root / name, tmp_path / name)
+    subprocess.run([bin_dir / "rewardflow", "data", "generate"], cwd=tmp_path, env=env, check=True)
+    # Caching the regenerated files must leave the pin unchanged (same md5), and then DVC sees no change.
+    subprocess.run([bin_dir / "dvc", "commit", "-q", "-f", "data.dvc"], cwd=tmp_path, env=env, check=True)
+    assert (tmp_path / "data.dvc").read_text() == (root / "data.dvc").read_text()
+    status = subprocess.run(
+        [bin_dir / "dvc", "status", "--json", "data.dvc"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == {}, status.stdout
