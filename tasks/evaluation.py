@@ -1,0 +1,121 @@
+"""Held-out evaluation: batched greedy decoding, scored with the reward module's own functions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tasks.rewards import (
+    RewardConfig,
+    combined_reward,
+    exact_match_reward,
+    format_reward,
+    parse_scores,
+    perfect_match_reward,
+)
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = (
+    "exact_match",
+    "item_accuracy",
+    "within_1",
+    "mae",
+    "format_compliance",
+    "structural_failure_rate",
+    "mean_reward",
+    "n",
+)
+
+
+def score_example(text: str, truth: Sequence[int], config: RewardConfig, score_span: int) -> dict[str, Any]:
+    """Per-example scores of one completion: the numbers every held-out metric averages."""
+    pred = parse_scores(text)
+    truth = list(truth)
+    structural_ok = bool(pred) and len(pred) == len(truth)
+    if structural_ok:
+        errors = [min(abs(p - g), score_span) for p, g in zip(pred, truth, strict=True)]
+    else:
+        # A structural failure counts every item at the worst in-range error.
+        errors = [score_span] * len(truth)
+    return {
+        "prediction": pred,
+        "exact": perfect_match_reward(pred, truth),
+        "item_accuracy": exact_match_reward(pred, truth),
+        "within_1": float(np.mean([e <= 1 for e in errors])) if structural_ok else 0.0,
+        "abs_error": float(np.mean(errors)) if errors else 0.0,
+        "format_ok": float(format_reward(pred, truth, text) == 1.0),
+        "structural_failure": float(not structural_ok),
+        "reward": combined_reward(pred, truth, text, config),
+    }
+
+
+def score_predictions(
+    texts: Sequence[str], truths: Sequence[Sequence[int]], config: RewardConfig, min_score: int, max_score: int
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Held-out metrics and per-example records for completions against their ground truth.
+
+    MAE counts a structurally failed answer at the worst in-range error (max_score - min_score) per item,
+    and caps any item's error there, so one absurd number cannot swamp the mean.
+    """
+    if len(texts) != len(truths):
+        raise ValueError(f"{len(texts)} completions for {len(truths)} ground truths")
+    span = max_score - min_score
+    examples = [score_example(t, g, config, span) for t, g in zip(texts, truths, strict=True)]
+    n = len(examples)
+
+    def mean(key: str) -> float:
+        return float(np.mean([e[key] for e in examples])) if n else 0.0
+
+    metrics = {
+        "exact_match": mean("exact"),
+        "item_accuracy": mean("item_accuracy"),
+        "within_1": mean("within_1"),
+        "mae": mean("abs_error"),
+        "format_compliance": mean("format_ok"),
+        "structural_failure_rate": mean("structural_failure"),
+        "mean_reward": mean("reward"),
+        "n": n,
+    }
+    return metrics, examples
+
+
+def generate_greedy(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    batch_size: int,
+    max_new_tokens: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Greedy completions for prompts, decoded in left-padded batches with the KV cache."""
+    import torch
+
+    model.eval()
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = list(prompts[start : start + batch_size])
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.inference_mode():
+                out = model.generate(
+                    **enc,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    use_cache=True,
+                )
+            new_tokens = out[:, enc["input_ids"].shape[1] :]
+            outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            if progress:
+                progress(len(outputs), len(prompts))
+    finally:
+        tokenizer.padding_side = padding_side
+    return outputs
