@@ -82,6 +82,35 @@ def show_params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) ->
     typer.echo(yaml.safe_dump(_load(params, set_).to_dict(), sort_keys=False))
 
 
+def _run_stage(name: str, params: Path, set_: list[str] | None) -> None:
+    p = _load(params, set_)
+    from tasks.stages import STAGES
+
+    try:
+        STAGES[name](p)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        typer.secho(f"error in stage {name}: {err}", err=True, fg="red")
+        raise typer.Exit(1) from None
+
+
+@app.command("sft")
+def sft(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Stage sft: supervised fine-tuning -> models/sft."""
+    _run_stage("sft", params, set_)
+
+
+@app.command("grpo")
+def grpo(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Stage grpo: GRPO from models/sft with the configured reward -> models/grpo."""
+    _run_stage("grpo", params, set_)
+
+
+@app.command("evaluate")
+def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Stage evaluate: held-out metrics of models/sft and models/grpo -> reports/eval.json."""
+    _run_stage("evaluate", params, set_)
+
+
 @app.command("run")
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Run the pipeline on the configured data (the embedded default unless params say otherwise)."""

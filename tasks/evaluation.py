@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tasks.config import Params
+from tasks.data import read_jsonl, write_jsonl
 from tasks.rewards import (
     RewardConfig,
     combined_reward,
@@ -54,7 +58,11 @@ def score_example(text: str, truth: Sequence[int], config: RewardConfig, score_s
 
 
 def score_predictions(
-    texts: Sequence[str], truths: Sequence[Sequence[int]], config: RewardConfig, min_score: int, max_score: int
+    texts: Sequence[str],
+    truths: Sequence[Sequence[int]],
+    config: RewardConfig,
+    min_score: int,
+    max_score: int,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Held-out metrics and per-example records for completions against their ground truth.
 
@@ -101,7 +109,8 @@ def generate_greedy(
     try:
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            # Tokenised as TRL tokenises prompts in training (special tokens included).
+            enc = tokenizer(batch, return_tensors="pt", padding=True)
             enc = {k: v.to(model.device) for k, v in enc.items()}
             with torch.inference_mode():
                 out = model.generate(
@@ -119,3 +128,54 @@ def generate_greedy(
     finally:
         tokenizer.padding_side = padding_side
     return outputs
+
+
+def evaluate_checkpoint(model_dir: str | Path, p: Params, rows: list[dict[str, Any]]) -> tuple[dict, list]:
+    """Held-out metrics and per-example records of one saved checkpoint."""
+    from tasks.modeling import load_pretrained
+
+    model, tokenizer = load_pretrained(model_dir)
+    prompts = [r["prompt"] for r in rows]
+
+    def progress(done: int, total: int) -> None:
+        log.info("evaluate %s: %d/%d prompts", Path(model_dir).name, done, total)
+
+    texts = generate_greedy(
+        model, tokenizer, prompts, p.evaluate.batch_size, p.evaluate.max_new_tokens, progress
+    )
+    metrics, examples = score_predictions(
+        texts, [r["scores"] for r in rows], p.reward.config, p.task.min_score, p.task.max_score
+    )
+    records = [
+        {"prompt": r["prompt"], "scores": r["scores"], "completion": t, **e}
+        for r, t, e in zip(rows, texts, examples, strict=True)
+    ]
+    return metrics, records
+
+
+def run_evaluate(p: Params, checkpoints: Sequence[str] = ("sft", "grpo")) -> dict[str, dict[str, float]]:
+    """Evaluate the SFT and GRPO checkpoints side by side on the held-out file; write reports/eval.json
+    and reports/predictions_<checkpoint>.jsonl."""
+    import torch
+    from transformers import set_seed
+
+    set_seed(p.seed)
+    torch.set_grad_enabled(False)
+    rows = read_jsonl(p.paths.heldout_file)
+    reports = Path(p.paths.reports_dir)
+    results: dict[str, dict[str, float]] = {}
+    for name in checkpoints:
+        model_dir = Path(p.paths.models_dir) / name
+        if not (model_dir / "config.json").exists():
+            raise FileNotFoundError(
+                f"{model_dir}: no {name} checkpoint to evaluate; run the {name} stage first"
+            )
+        metrics, records = evaluate_checkpoint(model_dir, p, rows)
+        write_jsonl(reports / f"predictions_{name}.jsonl", records)
+        results[name] = metrics
+        log.info("evaluate %s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    reports.mkdir(parents=True, exist_ok=True)
+    tmp = reports / ".eval.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    tmp.replace(reports / "eval.json")
+    return results
