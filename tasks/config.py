@@ -8,6 +8,7 @@ Overrides use DVC's syntax: `--set grpo.temperature=0.8`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ import yaml
 from tasks.rewards import RewardConfig
 
 REWARD_MODES = ("multi", "binary", "exact")
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 BUILTIN_PREFIX = "builtin:"
 
 
@@ -73,9 +75,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(bool(self.name_or_path.strip()), "name_or_path", "must not be empty")
         if self.is_builtin:
-            _check(
-                self.name_or_path == "builtin:tiny", "name_or_path", "knows one built-in model: builtin:tiny"
-            )
+            _check(self.name_or_path == "builtin:tiny", "name_or_path", "knows one built-in model: builtin:tiny")
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length"):
             _check(getattr(self, key) >= 1, key, f"must be >= 1 (got {getattr(self, key)})")
         _check(self.hidden_size % self.num_heads == 0, "hidden_size", "must be a multiple of num_heads")
@@ -94,9 +94,7 @@ class RewardParams(RewardConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(
-            self.mode in REWARD_MODES, "mode", f"must be one of {', '.join(REWARD_MODES)} (got {self.mode!r})"
-        )
+        _check(self.mode in REWARD_MODES, "mode", f"must be one of {', '.join(REWARD_MODES)} (got {self.mode!r})")
         _check(self.binary_tolerance >= 0, "binary_tolerance", f"must be >= 0 (got {self.binary_tolerance})")
 
     @property
@@ -236,6 +234,9 @@ def _coerce(value: Any, tp: Any, key: str, file: str) -> Any:
         if not isinstance(value, list | tuple):
             raise ParamsError(f"{file}: {key} must be a list, got {value!r}")
         return tuple(_coerce(v, item_type, f"{key}[{i}]", file) for i, v in enumerate(value))
+    if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        # YAML 1.1 reads 3e-4 (no dot) as a string; it is plainly meant as a number.
+        return float(value)
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -297,9 +298,7 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ParamsError(
-            f"{file}: params file not found (run from the project root or pass --params)"
-        ) from None
+        raise ParamsError(f"{file}: params file not found (run from the project root or pass --params)") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ParamsError(f"{file}: not valid YAML: {err}") from None
     if raw is None:

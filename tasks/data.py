@@ -62,9 +62,7 @@ def generate_rows(
     while len(rows) < n:
         attempts += 1
         if attempts > 50 * n + 1000:
-            raise ValueError(
-                f"cannot draw {n} distinct prompts for this task size; lower task.n_train/n_heldout"
-            )
+            raise ValueError(f"cannot draw {n} distinct prompts for this task size; lower task.n_train/n_heldout")
         phrases, scores = [], []
         for aspect in aspects:
             phrase, n_pos, n_neg = _aspect_phrase(rng, aspect, max_words)
@@ -134,20 +132,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise DataFileError(
-                f"{path}:{lineno}: not UTF-8 (byte {err.start}); re-encode the file as UTF-8"
-            ) from None
+            raise DataFileError(f"{path}:{lineno}: not UTF-8 (byte {err.start}); re-encode the file as UTF-8") from None
         try:
             row = json.loads(text)
         except json.JSONDecodeError as err:
-            hint = (
-                " (truncated last line?)"
-                if not raw.endswith(b"\n") and lineno == raw.count(b"\n") + 1
-                else ""
-            )
-            raise DataFileError(
-                f"{path}:{lineno}: not valid JSON{hint}: {err.msg} at column {err.colno}"
-            ) from None
+            hint = " (truncated last line?)" if not raw.endswith(b"\n") and lineno == raw.count(b"\n") + 1 else ""
+            raise DataFileError(f"{path}:{lineno}: not valid JSON{hint}: {err.msg} at column {err.colno}") from None
         if not isinstance(row, dict):
             raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)

@@ -140,9 +140,7 @@ def evaluate_checkpoint(model_dir: str | Path, p: Params, rows: list[dict[str, A
     def progress(done: int, total: int) -> None:
         log.info("evaluate %s: %d/%d prompts", Path(model_dir).name, done, total)
 
-    texts = generate_greedy(
-        model, tokenizer, prompts, p.evaluate.batch_size, p.evaluate.max_new_tokens, progress
-    )
+    texts = generate_greedy(model, tokenizer, prompts, p.evaluate.batch_size, p.evaluate.max_new_tokens, progress)
     metrics, examples = score_predictions(
         texts, [r["scores"] for r in rows], p.reward.config, p.task.min_score, p.task.max_score
     )
@@ -156,20 +154,16 @@ def evaluate_checkpoint(model_dir: str | Path, p: Params, rows: list[dict[str, A
 def run_evaluate(p: Params, checkpoints: Sequence[str] = ("sft", "grpo")) -> dict[str, dict[str, float]]:
     """Evaluate the SFT and GRPO checkpoints side by side on the held-out file; write reports/eval.json
     and reports/predictions_<checkpoint>.jsonl."""
-    import torch
     from transformers import set_seed
 
     set_seed(p.seed)
-    torch.set_grad_enabled(False)
     rows = read_jsonl(p.paths.heldout_file)
     reports = Path(p.paths.reports_dir)
     results: dict[str, dict[str, float]] = {}
     for name in checkpoints:
         model_dir = Path(p.paths.models_dir) / name
         if not (model_dir / "config.json").exists():
-            raise FileNotFoundError(
-                f"{model_dir}: no {name} checkpoint to evaluate; run the {name} stage first"
-            )
+            raise FileNotFoundError(f"{model_dir}: no {name} checkpoint to evaluate; run the {name} stage first")
         metrics, records = evaluate_checkpoint(model_dir, p, rows)
         write_jsonl(reports / f"predictions_{name}.jsonl", records)
         results[name] = metrics

@@ -82,9 +82,7 @@ def exact_match_reward(predictions: Sequence[int], ground_truth: Sequence[int]) 
     return sum(1 for p, g in zip(predictions, ground_truth, strict=True) if p == g) / len(ground_truth)
 
 
-def off_by_1_reward(
-    predictions: Sequence[int], ground_truth: Sequence[int], exact_bonus: float = 0.3
-) -> float:
+def off_by_1_reward(predictions: Sequence[int], ground_truth: Sequence[int], exact_bonus: float = 0.3) -> float:
     """1 + bonus per exact answer, 1 per off-by-one answer, 0 otherwise; divided by the maximum.
 
     >>> round(off_by_1_reward([3, 4, 2, 5], [3, 4, 3, 5]), 4)  # (1.3 * 3 + 1) / 5.2

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# gradient_checkpointing=False must be passed to override TRL's default of True; transformers 5 calls the name a
+# deprecated alias of activation_checkpointing, which TRL does not set.
+warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
 
 def device_kwargs() -> dict[str, Any]:
@@ -110,9 +114,7 @@ class DeadComponentMonitor(LogCapture):
                 log.warning("reward component %s is dead: %s; it gives GRPO no signal", name, self.dead[name])
 
 
-def completion_stats(
-    texts: list[str], truths: list[list[int]], config: RewardConfig
-) -> dict[str, list[float]]:
+def completion_stats(texts: list[str], truths: list[list[int]], config: RewardConfig) -> dict[str, list[float]]:
     """Per-completion component values, structural failures and perfect answers (the article's components)."""
     out: dict[str, list[float]] = defaultdict(list)
     for text, truth in zip(texts, truths, strict=True):
@@ -179,9 +181,7 @@ def _grpo_trainer_class():
             non_finite = int(sum(not math.isfinite(r) for r in rewards))
             texts = gather_object(local_texts)
             truths = gather_object([list(x["scores"]) for x in inputs])
-            advantages, zero_std, low_div = group_advantages(
-                rewards, texts, group, self.min_std, self.min_unique_ratio
-            )
+            advantages, zero_std, low_div = group_advantages(rewards, texts, group, self.min_std, self.min_unique_ratio)
             n_local = out["advantages"].size(0)
             start = self.accelerator.process_index * n_local
             local = torch.tensor(advantages[start : start + n_local], dtype=out["advantages"].dtype)
@@ -294,9 +294,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
     # --- model: the merged SFT artefact, so a fresh LoRA (if any) can be put on it
     sft_dir = Path(p.paths.models_dir) / "sft"
     if not (sft_dir / "config.json").exists():
-        raise FileNotFoundError(
-            f"{sft_dir}: no SFT checkpoint; run the sft stage first (GRPO only after SFT)"
-        )
+        raise FileNotFoundError(f"{sft_dir}: no SFT checkpoint; run the sft stage first (GRPO only after SFT)")
     model, tokenizer = load_pretrained(sft_dir)
     # --- reward
     funcs, weights = build_reward_funcs(p.reward.mode, p.reward.config, p.reward.binary_tolerance)

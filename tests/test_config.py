@@ -35,6 +35,8 @@ def test_default_params_load():
 def test_override_changes_one_value():
     p = load_params(ROOT / "params.yaml", ["grpo.temperature=0.8", "reward.mode=binary", "sft.lora.r=4"])
     assert (p.grpo.temperature, p.reward.mode, p.sft.lora.r) == (0.8, "binary", 4)
+    # YAML 1.1 reads 3e-4 as a string; a float key takes it as the number it plainly is
+    assert load_params(ROOT / "params.yaml", ["grpo.learning_rate=3e-4"]).grpo.learning_rate == 0.0003
 
 
 @pytest.mark.parametrize(

@@ -231,9 +231,7 @@ def test_rewards_are_total_and_bounded(text, truth):
     for name, value in values.items():
         assert math.isfinite(value) and 0.0 <= value <= 1.0, (name, value)
     combined = combined_reward(pred, truth, text, CFG)
-    upper = (
-        CFG.exact_match_weight + CFG.off_by_1_weight + CFG.mae_weight + CFG.format_weight + CFG.perfect_bonus
-    )
+    upper = CFG.exact_match_weight + CFG.off_by_1_weight + CFG.mae_weight + CFG.format_weight + CFG.perfect_bonus
     assert math.isfinite(combined) and CFG.structural_penalty <= combined <= upper + 1e-12
 
 

@@ -1,0 +1,140 @@
+"""Does GRPO take the model past the SFT plateau? Held-out metrics over seeds, on the embedded default.
+
+For each seed: base (untrained) model, SFT only, then SFT + GRPO with each reward mode at equal GRPO steps,
+all evaluated on the held-out file with the pipeline's own stage functions. Prints a markdown table of
+mean ± std over seeds and the wall time of the default train path (SFT -> GRPO multi -> evaluate).
+
+    .venv/bin/python benchmarks/learning.py                       # 3 seeds, modes exact binary multi
+    .venv/bin/python benchmarks/learning.py --seeds 1 --set grpo.learning_rate=3e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from tasks.config import load_params
+from tasks.evaluation import evaluate_checkpoint
+from tasks.modeling import load_base_model, save_artifact
+from tasks.training import run_grpo, run_sft
+
+METRICS = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance")
+
+
+def _eval(model_dir: Path, p, rows) -> dict[str, float]:
+    metrics, _ = evaluate_checkpoint(model_dir, p, rows)
+    return metrics
+
+
+def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -> dict[str, dict]:
+    from tasks.data import read_jsonl
+
+    base = [f"seed={seed}", f"paths.models_dir={workdir}/models", f"paths.reports_dir={workdir}/reports"]
+    p = load_params("params.yaml", [*base, *overrides])
+    heldout = read_jsonl(p.paths.heldout_file)
+    train_prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)]
+    results: dict[str, dict] = {}
+
+    model, tok = load_base_model(p.model, train_prompts, p.seed)
+    results["base"] = _eval(save_artifact(model, tok, workdir / "models/base", {}), p, heldout)
+
+    t0 = time.perf_counter()
+    run_sft(p)
+    sft_seconds = time.perf_counter() - t0
+    results["sft"] = _eval(workdir / "models/sft", p, heldout)
+    for mode in modes:
+        pm = load_params("params.yaml", [*base, *overrides, f"reward.mode={mode}"])
+        t1 = time.perf_counter()
+        run_grpo(pm)
+        grpo_seconds = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        results[f"grpo_{mode}"] = _eval(workdir / "models/grpo", pm, heldout)
+        eval_seconds = time.perf_counter() - t2
+        if mode == "multi":
+            results["timing"] = {
+                "sft_s": sft_seconds,
+                "grpo_s": grpo_seconds,
+                "evaluate_s": eval_seconds,
+                "train_path_s": sft_seconds + grpo_seconds + eval_seconds,
+            }
+    return results
+
+
+def summarise(per_seed: list[dict[str, dict]]) -> str:
+    rows = [k for k in per_seed[0] if k != "timing"]
+    lines = ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for row in rows:
+        cells = []
+        for m in METRICS:
+            values = [r[row][m] for r in per_seed]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--modes", nargs="+", default=["exact", "binary", "multi"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="params override")
+    parser.add_argument("--workdir", type=Path, default=Path("benchmarks/.work"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    started = time.perf_counter()
+    per_seed = []
+    for seed in args.seeds:
+        per_seed.append(run_seed(seed, args.workdir / f"seed{seed}", args.modes, args.overrides))
+        print(
+            f"seed {seed}: "
+            + json.dumps(
+                {k: {m: round(v[m], 4) for m in METRICS} if k != "timing" else v for k, v in per_seed[-1].items()}
+            ),
+            flush=True,
+        )
+    table = summarise(per_seed)
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}"
+    )
+    timings = [r["timing"]["train_path_s"] for r in per_seed if "timing" in r]
+    print(f"\nheld-out metrics, mean ± std over seeds {args.seeds}; overrides {args.overrides or 'none'}")
+    print(f"machine: {machine}")
+    print(table)
+    if timings:
+        print(
+            f"\ndefault train path (SFT -> GRPO multi -> evaluate) wall: "
+            f"{statistics.mean(timings):.0f} s mean over {len(timings)} seeds"
+        )
+    print(f"total benchmark wall: {time.perf_counter() - started:.0f} s")
+    print(
+        "rerun: .venv/bin/python benchmarks/learning.py "
+        + " ".join([f"--seeds {' '.join(map(str, args.seeds))}"] + [f"--set {o}" for o in args.overrides])
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "seeds": args.seeds,
+                "overrides": args.overrides,
+                "per_seed": per_seed,
+                "table": table,
+                "machine": machine,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The sft, grpo and evaluate stages for real, on a tiny built-in model and a few steps."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.config import load_params
+from tasks.data import generate_dataset, read_jsonl
+from tasks.modeling import load_base_model, load_pretrained, save_artifact
+from tasks.training import DeadComponentMonitor, group_advantages
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.hidden_size=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.intermediate_size=64",
+    "sft.max_steps=3",
+    "sft.batch_size=8",
+    "sft.logging_steps=1",
+    "grpo.max_steps=2",
+    "grpo.prompts_per_step=2",
+    "grpo.logging_steps=1",
+    "evaluate.batch_size=8",
+]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Params for a tiny project in tmp_path: 64 train rows, 16 held-out rows."""
+    paths = [
+        f"paths.train_file={tmp_path}/data/train.jsonl",
+        f"paths.heldout_file={tmp_path}/data/heldout.jsonl",
+        f"paths.models_dir={tmp_path}/models",
+        f"paths.reports_dir={tmp_path}/reports",
+        "task.n_train=64",
+        "task.n_heldout=16",
+    ]
+
+    def make(*extra):
+        p = load_params(ROOT / "params.yaml", [*paths, *TINY, *extra])
+        if not Path(p.paths.train_file).exists():
+            t = p.task
+            generate_dataset(
+                p.paths.train_file,
+                p.paths.heldout_file,
+                n_train=t.n_train,
+                n_heldout=t.n_heldout,
+                train_seed=t.train_seed,
+                heldout_seed=t.heldout_seed,
+                n_items=t.n_items,
+                min_score=t.min_score,
+                max_score=t.max_score,
+            )
+        return p
+
+    return make
+
+
+def _state(model_dir):
+    model, _ = load_pretrained(model_dir)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _changed(a, b):
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_sft_grpo_evaluate_learn_and_save(tiny):
+    from tasks.evaluation import run_evaluate
+    from tasks.training import run_grpo, run_sft
+
+    p = tiny()
+    rows = read_jsonl(p.paths.train_file)
+    base_model, base_tok = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
+    base = save_artifact(base_model, base_tok, Path(p.paths.models_dir) / "base", {})
+
+    sft = run_sft(p)
+    assert sft["summary"]["steps"] == 3
+    # every trainable tensor moved away from the initial weights
+    assert len(_changed(_state(base), _state(sft["model_dir"]))) == len(_state(base))
+    resolved = json.loads((Path(sft["model_dir"]) / "rewardflow_config.json").read_text())
+    assert resolved["sft"]["max_steps"] == 3 and resolved["seed"] == p.seed
+
+    grpo = run_grpo(p)
+    assert grpo["summary"]["steps"] == 2
+    assert _changed(_state(sft["model_dir"]), _state(grpo["model_dir"]))
+    # per-component statistics are logged every step, with finite values in range
+    logged = [entry for entry in grpo["logs"] if "reward_stats/combined/mean" in entry]
+    assert len(logged) == 2
+    for entry in logged:
+        for name in ("exact_match", "off_by_1", "mae", "format"):
+            for stat in ("mean", "std"):
+                value = entry[f"reward_stats/{name}/{stat}"]
+                assert math.isfinite(value) and 0.0 <= value <= 1.0, (name, stat, value)
+        for key in ("structural_failure_rate", "perfect_rate", "zero_std_group_frac", "low_diversity_group_frac"):
+            assert 0.0 <= entry[f"reward_stats/{key}"] <= 1.0
+        # TRL's own per-function logging sees the same named components
+        assert entry["rewards/exact_match/mean"] == pytest.approx(entry["reward_stats/exact_match/mean"], abs=1e-6)
+    assert json.loads((Path(p.paths.reports_dir) / "grpo_logs.json").read_text())["summary"]["steps"] == 2
+
+    results = run_evaluate(p)
+    report = json.loads((Path(p.paths.reports_dir) / "eval.json").read_text())
+    assert report == json.loads(json.dumps(results))
+    for name in ("sft", "grpo"):
+        assert set(report[name]) == {
+            "exact_match",
+            "item_accuracy",
+            "within_1",
+            "mae",
+            "format_compliance",
+            "structural_failure_rate",
+            "mean_reward",
+            "n",
+        }
+        assert report[name]["n"] == 16
+        preds = read_jsonl(Path(p.paths.reports_dir) / f"predictions_{name}.jsonl")
+        assert len(preds) == 16 and {"completion", "prediction", "scores"} <= set(preds[0])
+
+
+def test_identical_completions_leave_the_policy_unchanged(tiny):
+    """The article's rule in the real update: a group of identical completions has zero advantage, so with
+    beta 0 a GRPO step has zero gradient and no parameter moves."""
+    from tasks.training import run_grpo, run_sft
+
+    # a near-zero temperature samples the greedy completion four times per prompt
+    p = tiny("grpo.temperature=1e-7", "grpo.max_steps=1", "grpo.beta=0.0")
+    run_sft(p)
+    before = _state(Path(p.paths.models_dir) / "sft")
+    grpo = run_grpo(p)
+    step = next(e for e in grpo["logs"] if "reward_stats/low_diversity_group_frac" in e)
+    assert step["reward_stats/low_diversity_group_frac"] == 1.0
+    assert step["grad_norm"] == 0.0
+    assert _changed(before, _state(grpo["model_dir"])) == []
+
+
+def test_from_pretrained_path_with_and_without_lora(tiny, tmp_path):
+    """A locally saved model goes through AutoModelForCausalLM.from_pretrained; LoRA (auto: on for a pretrained
+    model) trains adapters on the attention projections and is merged into a standalone artefact."""
+    from tasks.training import run_sft
+
+    p = tiny()
+    rows = read_jsonl(p.paths.train_file)
+    model, tok = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
+    local = save_artifact(model, tok, tmp_path / "pretrained", {})
+    base = _state(local)
+
+    with_lora = run_sft(tiny(f"model.name_or_path={local}"))
+    merged = _state(with_lora["model_dir"])
+    changed = _changed(base, merged)
+    assert changed and all("self_attn" in k for k in changed), changed  # only LoRA targets moved
+    assert not list(Path(with_lora["model_dir"]).glob("adapter_*"))  # merged: loadable on its own
+
+    full = run_sft(tiny(f"model.name_or_path={local}", "sft.lora.enabled=false"))
+    assert any("mlp" in k for k in _changed(base, _state(full["model_dir"])))
+
+
+def test_grpo_without_sft_fails_clearly(tiny):
+    from tasks.training import run_grpo
+
+    with pytest.raises(FileNotFoundError, match="no SFT checkpoint; run the sft stage first"):
+        run_grpo(tiny())
+
+
+@pytest.mark.parametrize(
+    "rewards, texts, group, expected_adv, zero_std, low_div",
+    [
+        # a normal group: the article's normalised advantages (population std)
+        ([1.0, 0.0, 1.0, 0.0], ["a", "b", "c", "d"], 4, [1.0, -1.0, 1.0, -1.0], 0, 0),
+        # std 0.0025 < 0.01: nothing to learn
+        ([0.5, 0.505, 0.5, 0.505], ["a", "b", "c", "d"], 4, [0.0] * 4, 1, 0),
+        # 1 of 4 completions unique (< 50%): zeroed as low diversity even though rewards differ
+        ([1.0, 0.0, 1.0, 0.0], ["a", "a", "a", "a"], 4, [0.0] * 4, 0, 1),
+        # two groups of two, the second flat
+        ([1.0, 0.0, 0.3, 0.3], ["a", "b", "c", "d"], 2, [1.0, -1.0, 0.0, 0.0], 1, 0),
+    ],
+)
+def test_group_advantages(rewards, texts, group, expected_adv, zero_std, low_div):
+    adv, zs, ld = group_advantages(rewards, texts, group, min_std=0.01, min_unique_ratio=0.5)
+    assert adv == pytest.approx(expected_adv, abs=1e-6)
+    assert (zs, ld) == (zero_std, low_div)
+
+
+def test_dead_component_monitor():
+    monitor = DeadComponentMonitor(window=3, low=0.02, high=0.98)
+    for step, fmt in enumerate([0.99, 0.995, 0.97, 0.99, 0.99, 0.999], start=1):
+        monitor.on_log(step, {"reward_stats/format/mean": fmt, "reward_stats/exact_match/mean": 0.5})
+    # format was above 0.98 for the last 3 logs (steps 4-6); the dip at step 3 reset the window
+    assert list(monitor.dead) == ["format"]
+    assert "step 6" in monitor.dead["format"]
