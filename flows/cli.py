@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -23,7 +24,8 @@ for _var, _value in {
     os.environ.setdefault(_var, _value)
 
 from tasks.config import ParamsError, load_params  # noqa: E402
-from tasks.data import generate_dataset  # noqa: E402
+from tasks.data import DataFileError, generate_dataset  # noqa: E402
+from tasks.validation import ValidationFailed  # noqa: E402
 
 app = typer.Typer(
     help="rewardflow: SFT + GRPO pipeline that teaches a model to emit structured scores.",
@@ -88,9 +90,32 @@ def _run_stage(name: str, params: Path, set_: list[str] | None) -> None:
 
     try:
         STAGES[name](p)
-    except (FileNotFoundError, ValueError, OSError) as err:
+    except (FileNotFoundError, ValueError, OSError, ValidationFailed) as err:
         typer.secho(f"error in stage {name}: {err}", err=True, fg="red")
         raise typer.Exit(1) from None
+
+
+@app.command("validate")
+def validate(
+    paths: Annotated[list[Path] | None, typer.Argument(help="train file, then held-out file")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Stage validate: the Great Expectations data gate. Exit 0 when valid, 1 when not."""
+    from tasks.validation import validate_files
+
+    p = _load(params, set_)
+    files = list(paths or [p.paths.train_file, p.paths.heldout_file])
+    if len(files) > 2:
+        typer.secho("error: give at most two files: train, then held-out", err=True, fg="red")
+        raise typer.Exit(2)
+    try:
+        gate = validate_files(files[0], files[1] if len(files) > 1 else None, p)
+    except DataFileError as err:
+        typer.secho(f"invalid: {err}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    typer.echo(gate.format())
+    raise typer.Exit(0 if gate.passed else 1)
 
 
 @app.command("sft")
@@ -114,12 +139,32 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
 @app.command("run")
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Run the pipeline on the configured data (the embedded default unless params say otherwise)."""
+    import time
+
     p = _load(params, set_)
     if not Path(p.paths.train_file).exists() or not Path(p.paths.heldout_file).exists():
         data_generate(params, set_)
-    typer.echo("params valid; data present.")
+    from tasks.stages import STAGES
+
+    timings = {}
+    for name in STAGES:
+        started = time.perf_counter()
+        _run_stage(name, params, set_)
+        timings[name] = time.perf_counter() - started
+    report = json.loads((Path(p.paths.reports_dir) / "eval.json").read_text())
+    typer.echo("\nstage      time")
+    for name, seconds in timings.items():
+        typer.echo(f"{name:<10} {seconds:6.1f}s")
+    keys = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance")
+    typer.echo("\nheld-out   " + " ".join(f"{k:>17}" for k in keys))
+    for name, metrics in report.items():
+        typer.echo(f"{name:<10} " + " ".join(f"{metrics[k]:>17.3f}" for k in keys))
+    typer.echo(
+        f"\nreports: {p.paths.reports_dir}/eval.json, {p.paths.reports_dir}/predictions_*.jsonl; "
+        f"models: {p.paths.models_dir}/sft, {p.paths.models_dir}/grpo"
+    )
     typer.secho(
-        "not built yet: validate, sft, grpo, evaluate, register (see the open issues); nothing was trained.",
+        "not built yet: validate (data gate), register (MLflow registry), Prefect orchestration (see the open issues).",
         fg="yellow",
     )
 

@@ -186,6 +186,19 @@ class GrpoConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    max_prompt_chars: int
+    # warning (not failure) when more than this fraction of held-out rows has a score value never seen in train
+    max_unseen_score_fraction: float
+    max_reported_rows: int
+
+    def __post_init__(self) -> None:
+        _check(self.max_prompt_chars >= 1, "max_prompt_chars", f"must be >= 1 (got {self.max_prompt_chars})")
+        _check(0.0 <= self.max_unseen_score_fraction <= 1.0, "max_unseen_score_fraction", "must be in [0, 1]")
+        _check(self.max_reported_rows >= 1, "max_reported_rows", f"must be >= 1 (got {self.max_reported_rows})")
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int
     max_new_tokens: int
@@ -202,6 +215,7 @@ class Params:
     task: TaskConfig
     model: ModelConfig
     reward: RewardParams
+    validate: ValidateConfig
     sft: SftConfig
     grpo: GrpoConfig
     evaluate: EvaluateConfig

@@ -112,21 +112,42 @@ def generate_dataset(
     return write_jsonl(train_file, train), write_jsonl(heldout_file, heldout)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read JSONL rows; any file that is not JSONL of objects fails with the file and line number."""
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) pairs of a JSONL file; anything that is not JSONL of objects fails with the file and
+    line. Blank lines, CRLF endings and a UTF-8 BOM are tolerated."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataFileError(
-            f"{path}: file not found (run `rewardflow data generate` or point paths.* at your data)"
+            f"{path}: file not found (run `rewardflow data generate` or point paths.* in params.yaml at your data)"
         ) from None
     except IsADirectoryError:
         raise DataFileError(f"{path}: is a directory, expected a .jsonl file") from None
     if not raw.strip():
         raise DataFileError(f"{path}: file is empty, expected one JSON object per line")
-    rows: list[dict[str, Any]] = []
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+    lines = raw.split(b"\n")
+    complete = lines[-1] == b""
+    if complete:
+        lines.pop()
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for lineno, line in enumerate(lines, start=1):
+        line = line.removesuffix(b"\r")
+        if lineno == 1:
+            line = line.removeprefix(b"\xef\xbb\xbf")
         if not line.strip():
             continue
         try:
@@ -134,14 +155,21 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except UnicodeDecodeError as err:
             raise DataFileError(f"{path}:{lineno}: not UTF-8 (byte {err.start}); re-encode the file as UTF-8") from None
         try:
-            row = json.loads(text)
+            row = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
         except json.JSONDecodeError as err:
-            hint = " (truncated last line?)" if not raw.endswith(b"\n") and lineno == raw.count(b"\n") + 1 else ""
+            hint = " (truncated last line?)" if lineno == len(lines) and not complete else ""
             raise DataFileError(f"{path}:{lineno}: not valid JSON{hint}: {err.msg} at column {err.colno}") from None
+        except ValueError as err:
+            raise DataFileError(f"{path}:{lineno}: not valid JSON: {err}") from None
         if not isinstance(row, dict):
             raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
+        rows.append((lineno, row))
     return rows
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file (see read_jsonl_lines for the errors)."""
+    return [row for _, row in read_jsonl_lines(path)]
 
 
 def completion_for(scores: Iterable[int]) -> str:

@@ -8,6 +8,12 @@ from typing import Any
 from tasks.config import Params
 
 
+def _validate(p: Params) -> Any:
+    from tasks.validation import run_validate
+
+    return run_validate(p)
+
+
 def _sft(p: Params) -> Any:
     from tasks.training import run_sft
 
@@ -27,4 +33,4 @@ def _evaluate(p: Params) -> Any:
 
 
 # Heavy libraries (torch, transformers, trl) load only when a stage that needs them runs.
-STAGES: dict[str, Callable[[Params], Any]] = {"sft": _sft, "grpo": _grpo, "evaluate": _evaluate}
+STAGES: dict[str, Callable[[Params], Any]] = {"validate": _validate, "sft": _sft, "grpo": _grpo, "evaluate": _evaluate}

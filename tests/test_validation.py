@@ -1,0 +1,138 @@
+"""The Great Expectations gate: one bad file per expectation, each failing with its name and line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.config import load_params
+from tasks.validation import ValidationFailed, run_validate, validate_files
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = [{"prompt": f"review : food : tasty {'. ' * i}rate :", "scores": [1 + i % 5, 2, 3, 4]} for i in range(10)]
+HELD = [{"prompt": f"held {i} :", "scores": [1 + i % 5, 3, 3, 3]} for i in range(5)]
+
+
+def _write(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def params(tmp_path):
+    return load_params(ROOT / "params.yaml", [f"paths.reports_dir={tmp_path}/reports", "validate.max_prompt_chars=60"])
+
+
+def _run(tmp_path, params, train, held=HELD):
+    return validate_files(_write(tmp_path / "train.jsonl", train), _write(tmp_path / "heldout.jsonl", held), params)
+
+
+def test_good_files_pass_and_write_data_docs(tmp_path, params):
+    gate = _run(tmp_path, params, GOOD)
+    assert gate.passed and gate.failures == []
+    html = Path(gate.data_docs).read_text()
+    assert Path(gate.data_docs).name == "index.html" and "rewardflow_train" in html
+    assert json.loads(Path(gate.report).read_text())["passed"] is True
+    assert not (Path.cwd() / "gx").exists()  # the in-memory context writes no gx/ project folder
+
+
+@pytest.mark.parametrize(
+    "mutate, check, line",
+    [
+        # prompt missing on one row
+        (lambda rows: rows[3].pop("prompt"), "prompt_present", 4),
+        # prompt not a string
+        (lambda rows: rows[2].update(prompt=42), "prompt_is_string", 3),
+        # empty prompt (also blank) / over the params length limit
+        (lambda rows: rows[5].update(prompt=""), ["prompt_length", "prompt_not_blank"], 6),
+        (lambda rows: rows[5].update(prompt="x" * 61), "prompt_length", 6),
+        # whitespace-only prompt
+        (lambda rows: rows[1].update(prompt="   "), "prompt_not_blank", 2),
+        # duplicate prompt within the file: both rows are reported
+        (lambda rows: rows[7].update(prompt=rows[0]["prompt"]), "prompt_unique", 1),
+        # scores missing / not a list / wrong count / not integers / out of range
+        (lambda rows: rows[4].pop("scores"), "scores_present", 5),
+        (lambda rows: rows[4].update(scores="1 2 3 4"), "scores_is_list", 5),
+        (lambda rows: rows[6].update(scores=[1, 2, 3]), "scores_count", 7),
+        (lambda rows: rows[6].update(scores=[1, 2.5, 3, 4]), "scores_integers", 7),
+        (lambda rows: rows[6].update(scores=[1, True, 3, 4]), "scores_integers", 7),
+        (lambda rows: rows[8].update(scores=[0, 2, 3, 4]), "scores_min", 9),
+        (lambda rows: rows[8].update(scores=[1, 2, 3, 6]), "scores_max", 9),
+    ],
+)
+def test_each_expectation_fails_with_its_name_and_line(tmp_path, params, mutate, check, line):
+    rows = [dict(r) for r in GOOD]
+    mutate(rows)
+    gate = _run(tmp_path, params, rows)
+    assert not gate.passed
+    expected = check if isinstance(check, list) else [check]
+    assert sorted(f.check for f in gate.failures) == sorted(expected), gate.format()
+    assert line in gate.failures[0].lines
+    assert f"train.jsonl:{line}" in gate.format()
+
+
+def test_missing_field_in_every_row_reports_the_column_once(tmp_path, params):
+    gate = _run(tmp_path, params, [{"prompt": r["prompt"]} for r in GOOD])
+    assert [f.check for f in gate.failures] == ["has_scores"]
+
+
+def test_leakage_between_train_and_heldout(tmp_path, params):
+    held = [*HELD, {"prompt": GOOD[2]["prompt"], "scores": [1, 2, 3, 4]}]
+    gate = _run(tmp_path, params, GOOD, held)
+    assert [f.check for f in gate.failures] == ["no_leakage"]
+    assert gate.failures[0].lines == [6] and "heldout.jsonl:6" in gate.format()
+
+
+def test_unseen_score_value_warns_but_passes(tmp_path, params):
+    train = [{**r, "scores": [2, 2, 3, 4]} for r in GOOD]  # train never uses 1 or 5 ...
+    gate = _run(tmp_path, params, train)  # ... held-out does
+    assert gate.passed
+    assert [w.check for w in gate.warnings] == ["score_values_seen_in_train"]
+
+
+def test_run_validate_raises_with_the_report(tmp_path, params):
+    from dataclasses import replace
+
+    rows = [dict(r) for r in GOOD]
+    rows[6]["scores"] = [1, 2, 3]
+    train, held = _write(tmp_path / "train.jsonl", rows), _write(tmp_path / "heldout.jsonl", HELD)
+    p = replace(params, paths=replace(params.paths, train_file=str(train), heldout_file=str(held)))
+    with pytest.raises(ValidationFailed, match=r"scores_count .*train.jsonl:7"):
+        run_validate(p)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "file is empty"),
+        (b'{"prompt": "a", "scores": [1, 2, 3, 4]}\n{"prompt": "b", "sc', "train.jsonl:2: not valid JSON (truncated"),
+        (b'{"prompt": "a", "scores": [1, 2, 3, 4]}\nnope\n', "train.jsonl:2: not valid JSON"),
+        (b'{"prompt": "\xff"}\n', "train.jsonl:1: not UTF-8"),
+        (b'{"prompt": "a", "prompt": "b"}\n', "train.jsonl:1: not valid JSON: duplicate key 'prompt'"),
+    ],
+)
+def test_cli_exit_codes_and_malformed_files(tmp_path, content, expected):
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(content)
+    cli = [Path(sys.executable).parent / "rewardflow", "validate", str(train), "--set", f"paths.reports_dir={tmp_path}"]
+    result = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_valid_files_exit_zero(tmp_path):
+    train, held = _write(tmp_path / "t.jsonl", GOOD), _write(tmp_path / "h.jsonl", HELD)
+    cli = [
+        Path(sys.executable).parent / "rewardflow",
+        "validate",
+        str(train),
+        str(held),
+        "--set",
+        f"paths.reports_dir={tmp_path}/r",
+    ]
+    result = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "data validation passed" in result.stdout and "index.html" in result.stdout
