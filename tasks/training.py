@@ -336,6 +336,13 @@ def run_grpo(p: Params) -> dict[str, Any]:
     # --- save
     out_dir = save_artifact(trainer.model, tokenizer, Path(p.paths.models_dir) / "grpo", _resolved(p, "grpo"))
     summary = {"train_runtime": result.metrics.get("train_runtime"), "steps": result.global_step}
+    components = [
+        {"step": e["step"], **{c: e[f"{STATS_PREFIX}{c}/mean"] for c in COMPONENTS}}
+        for e in monitor.logs
+        if f"{STATS_PREFIX}combined/mean" in e
+    ]
+    Path(p.paths.reports_dir).mkdir(parents=True, exist_ok=True)
+    (Path(p.paths.reports_dir) / "grpo_reward_components.json").write_text(json.dumps(components, indent=1) + "\n")
     _write_logs(
         Path(p.paths.reports_dir) / "grpo_logs.json",
         monitor.logs,

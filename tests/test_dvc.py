@@ -1,0 +1,96 @@
+"""The DVC pipeline for real, in a temporary git repository holding a copy of the project with tiny params."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "task": {"n_train": 64, "n_heldout": 16},
+    "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+    "sft": {"max_steps": 3, "batch_size": 8, "logging_steps": 1},
+    "grpo": {"max_steps": 2, "prompts_per_step": 2, "logging_steps": 1},
+    "evaluate": {"batch_size": 8},
+}
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(args, cwd, env, check=True):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _set_params(repo: Path, changes: dict) -> None:
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in changes.items():
+        raw[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git + DVC repository with the project's tracked files, tiny params and generated data."""
+    repo = tmp_path_factory.mktemp("dvcrepo")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    files = _sh(["git", "ls-files"], ROOT, env).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / name, repo / name)
+    _set_params(repo, TINY)
+    _sh(["git", "init", "-q"], repo, env)
+    _sh(["rewardflow", "data", "generate"], repo, env)
+    _sh(["dvc", "add", "-q", "data"], repo, env)
+    _sh(["git", "add", "-A"], repo, env)
+    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)
+    return repo, env
+
+
+def _ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_repro_then_noop_then_only_downstream_of_a_change(repo):
+    repo, env = repo
+    first = _sh(["dvc", "repro"], repo, env)
+    assert _ran(first.stdout) == ["validate", "sft", "grpo", "evaluate"]
+    report = json.loads((repo / "reports/eval.json").read_text())
+    assert set(report) == {"sft", "grpo"} and report["grpo"]["n"] == 16
+    assert (repo / "dvc.lock").exists()
+
+    # nothing changed: nothing runs, and DVC reports the workspace clean
+    second = _sh(["dvc", "repro"], repo, env)
+    assert _ran(second.stdout) == []
+    assert json.loads(_sh(["dvc", "status", "--json"], repo, env).stdout) == {}
+
+    # a GRPO-only param change re-runs grpo and what follows, not validate or sft
+    _set_params(repo, {"grpo": {"temperature": 0.9}})
+    third = _sh(["dvc", "repro"], repo, env)
+    assert _ran(third.stdout) == ["grpo", "evaluate"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["grpo"]["params"]["params.yaml"]["grpo"]["temperature"] == 0.9
+
+
+def test_bad_data_stops_before_training(repo):
+    repo, env = repo
+    bad = repo / "data" / "train.jsonl"
+    lines = bad.read_text().splitlines()
+    row = json.loads(lines[3])
+    row["scores"] = [9, 9, 9, 9]
+    lines[3] = json.dumps(row)
+    bad.write_text("\n".join(lines) + "\n")
+    lock_before = (repo / "dvc.lock").read_text() if (repo / "dvc.lock").exists() else None
+    result = _sh(["dvc", "repro"], repo, env, check=False)
+    assert result.returncode != 0
+    assert "scores_max" in result.stderr + result.stdout and "train.jsonl:4" in result.stderr + result.stdout
+    assert "Running stage 'sft'" not in result.stdout
+    assert ((repo / "dvc.lock").read_text() if (repo / "dvc.lock").exists() else None) == lock_before
