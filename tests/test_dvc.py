@@ -94,3 +94,16 @@ def test_bad_data_stops_before_training(repo):
     assert "scores_max" in result.stderr + result.stdout and "train.jsonl:4" in result.stderr + result.stdout
     assert "Running stage 'sft'" not in result.stdout
     assert ((repo / "dvc.lock").read_text() if (repo / "dvc.lock").exists() else None) == lock_before
+
+
+def test_push_and_pull_through_the_default_local_remote(repo):
+    """The committed default remote is a folder beside the repository; push then pull restores the data."""
+    repo, env = repo
+    _sh(["git", "checkout", "-q", "--", "data.dvc"], repo, env)
+    _sh(["dvc", "checkout", "-q", "data.dvc"], repo, env, check=False)
+    _sh(["dvc", "push", "-q", "data.dvc"], repo, env)
+    assert (repo.parent / "rewardflow-dvc-storage").is_dir()
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    _sh(["dvc", "pull", "-q", "data.dvc"], repo, env)
+    assert json.loads(_sh(["dvc", "status", "--json", "data.dvc"], repo, env).stdout) == {}
