@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install clean repro
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rewardflow needs Python >= 3.11 (set PYTHON=...)")'
@@ -43,3 +43,6 @@ test: $(VENV)/.installed-test lint
 
 clean:
 	rm -rf models reports mlruns mlartifacts mlflow.db
+
+repro: $(VENV)/.installed-run
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
