@@ -2,9 +2,10 @@
 
 A row is `{"prompt": str, "scores": [int, ...]}` — the schema users bring their own data in.
 
-The embedded task: a short synthetic restaurant review covering `n_items` aspects; each aspect is scored by
-counting its positive minus negative words around a neutral midpoint, clipped to the score range. A small
-model learns the format quickly and the counting only approximately, so off-by-one near-misses are natural.
+The embedded task: a short synthetic restaurant review covering `n_items` aspects; each aspect is scored by its
+sentiment — +1 per positive word, -1 per negative word, "very" doubling and "not" flipping the next one — around
+a neutral midpoint, clipped to the score range. A small model learns the format quickly and the counting only
+approximately, so off-by-one near-misses are natural.
 """
 
 from __future__ import annotations
@@ -22,28 +23,50 @@ POSITIVE = ("great", "tasty", "fresh", "friendly", "cheap", "cozy", "lovely", "q
 NEGATIVE = ("bland", "slow", "rude", "pricey", "noisy", "dirty", "stale", "cold", "awful", "cramped")
 FILLERS = ("okay", "fine", "average", "usual", "decent")
 JOINERS = ("and", "but", "yet", "also")
+MODIFIERS = ("", "very", "not")
+MODIFIER_WEIGHTS = (0.6, 0.25, 0.15)
 
 
 class DataFileError(ValueError):
     """A data file that cannot be read as JSONL rows; the message names the file and line."""
 
 
-def label_for(n_positive: int, n_negative: int, min_score: int, max_score: int) -> int:
-    """The embedded task's rule: neutral midpoint + positives - negatives, clipped to the range."""
+def phrase_sentiment(words: Iterable[str]) -> int:
+    """The embedded task's rule for one aspect: +1 per positive word, -1 per negative word; "very" doubles the
+    next sentiment word, "not" flips it."""
+    total, modifier = 0, 1
+    for word in words:
+        if word == "very":
+            modifier = 2
+        elif word == "not":
+            modifier = -1
+        elif word in POSITIVE or word in NEGATIVE:
+            total += modifier * (1 if word in POSITIVE else -1)
+            modifier = 1
+        else:
+            modifier = 1
+    return total
+
+
+def label_for(sentiment: int, min_score: int, max_score: int) -> int:
+    """An aspect's score: the neutral midpoint plus its sentiment, clipped to the range."""
     neutral = (min_score + max_score) // 2
-    return max(min_score, min(max_score, neutral + n_positive - n_negative))
+    return max(min_score, min(max_score, neutral + sentiment))
 
 
-def _aspect_phrase(rng: random.Random, aspect: str, max_words: int) -> tuple[str, int, int]:
+def _aspect_phrase(rng: random.Random, aspect: str, max_words: int) -> tuple[str, int]:
     n_pos, n_neg = rng.randint(0, max_words), rng.randint(0, max_words)
     words = rng.sample(POSITIVE, n_pos) + rng.sample(NEGATIVE, n_neg)
     if not words:
         words = [rng.choice(FILLERS)]
     rng.shuffle(words)
+    # Modifiers make the count context-dependent: near-misses stay natural for a small model.
+    words = [f"{rng.choices(MODIFIERS, MODIFIER_WEIGHTS)[0]} {w}".strip() for w in words]
     joined = [words[0]]
     for word in words[1:]:
         joined += [rng.choice(JOINERS), word]
-    return f"{aspect} : {' '.join(joined)} .", n_pos, n_neg
+    text = " ".join(joined)
+    return f"{aspect} : {text} .", phrase_sentiment(text.split())
 
 
 def generate_rows(
@@ -54,8 +77,8 @@ def generate_rows(
         raise ValueError(f"the embedded task supports 1..{len(ASPECTS)} items (task.n_items), got {n_items}")
     rng = random.Random(seed)
     aspects = ASPECTS[:n_items]
-    # Enough words per aspect to reach both ends of the score range from the midpoint.
-    max_words = (max_score - min_score) // 2 + 1
+    # Enough sentiment words per aspect to reach both ends of the score range from the midpoint.
+    max_words = (max_score - min_score) // 2
     seen = set(exclude)
     rows: list[dict[str, Any]] = []
     attempts = 0
@@ -65,9 +88,9 @@ def generate_rows(
             raise ValueError(f"cannot draw {n} distinct prompts for this task size; lower task.n_train/n_heldout")
         phrases, scores = [], []
         for aspect in aspects:
-            phrase, n_pos, n_neg = _aspect_phrase(rng, aspect, max_words)
+            phrase, sentiment = _aspect_phrase(rng, aspect, max_words)
             phrases.append(phrase)
-            scores.append(label_for(n_pos, n_neg, min_score, max_score))
+            scores.append(label_for(sentiment, min_score, max_score))
         prompt = f"review : {' '.join(phrases)} rate {' '.join(aspects)} from {min_score} to {max_score} :"
         if prompt in seen:
             continue

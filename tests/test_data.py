@@ -10,6 +10,7 @@ from tasks.data import (
     generate_dataset,
     generate_rows,
     label_for,
+    phrase_sentiment,
     read_jsonl,
     write_jsonl,
 )
@@ -44,23 +45,29 @@ def test_rows_follow_the_schema_and_the_labelling_rule(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "pos, neg, expected",
-    [(0, 0, 3), (2, 0, 5), (3, 0, 5), (0, 1, 2), (0, 3, 1), (2, 2, 3), (1, 3, 1)],
+    "phrase, expected",
+    [
+        ("okay", 3),  # no sentiment: the neutral midpoint
+        ("tasty and fresh", 5),  # +2
+        ("tasty and fresh and cheap", 5),  # +3 is clipped at the top
+        ("bland", 2),  # -1
+        ("very bland", 1),  # "very" doubles: -2
+        ("not bland", 4),  # "not" flips: +1
+        ("not tasty but very fresh", 4),  # -1 + 2
+        ("very okay tasty", 4),  # a modifier applies to the next word only, fillers reset it
+        ("rude yet slow also dirty", 1),  # -3 is clipped at the bottom
+    ],
 )
-def test_label_rule(pos, neg, expected):
-    assert label_for(pos, neg, 1, 5) == expected
+def test_label_rule(phrase, expected):
+    assert label_for(phrase_sentiment(phrase.split()), 1, 5) == expected
 
 
 def test_labels_match_a_recount_of_the_prompt():
-    from tasks.data import NEGATIVE, POSITIVE
-
     for row in generate_rows(200, seed=3):
         segments = row["prompt"].removeprefix("review : ").split(" . ")[:4]
         for segment, score in zip(segments, row["scores"], strict=True):
             words = segment.split(" : ")[1].split()
-            pos = sum(w in POSITIVE for w in words)
-            neg = sum(w in NEGATIVE for w in words)
-            assert score == label_for(pos, neg, 1, 5), segment
+            assert score == label_for(phrase_sentiment(words), 1, 5), segment
 
 
 def test_too_many_items_fails():
