@@ -138,33 +138,41 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
 
 @app.command("run")
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Run the pipeline on the configured data (the embedded default unless params say otherwise)."""
+    """Run the pipeline (validate, sft, grpo, evaluate); stages DVC sees as up to date are skipped."""
     import time
 
+    from tasks.lineage import Lineage
+
     p = _load(params, set_)
+    lineage = Lineage(".", overridden=bool(set_) or params != Path("params.yaml"))
     if not Path(p.paths.train_file).exists() or not Path(p.paths.heldout_file).exists():
         data_generate(params, set_)
+        lineage.pin_generated_data()
     from tasks.stages import STAGES
 
-    timings = {}
+    rows = []
     for name in STAGES:
+        if lineage.is_current(name):
+            rows.append((name, "skipped (up to date)", 0.0))
+            continue
         started = time.perf_counter()
         _run_stage(name, params, set_)
-        timings[name] = time.perf_counter() - started
+        lineage.record(name)
+        rows.append((name, "ran", time.perf_counter() - started))
+    typer.echo("\nstage      status                    time")
+    for name, status, seconds in rows:
+        typer.echo(f"{name:<10} {status:<24} {seconds:6.1f}s")
     report = json.loads((Path(p.paths.reports_dir) / "eval.json").read_text())
-    typer.echo("\nstage      time")
-    for name, seconds in timings.items():
-        typer.echo(f"{name:<10} {seconds:6.1f}s")
     keys = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance")
     typer.echo("\nheld-out   " + " ".join(f"{k:>17}" for k in keys))
     for name, metrics in report.items():
         typer.echo(f"{name:<10} " + " ".join(f"{metrics[k]:>17.3f}" for k in keys))
     typer.echo(
-        f"\nreports: {p.paths.reports_dir}/eval.json, {p.paths.reports_dir}/predictions_*.jsonl; "
-        f"models: {p.paths.models_dir}/sft, {p.paths.models_dir}/grpo"
+        f"\nreports: {p.paths.reports_dir}/eval.json, {p.paths.reports_dir}/data_docs/index.html; "
+        f"models: {p.paths.models_dir}/sft, {p.paths.models_dir}/grpo; `dvc status` / `dvc metrics show`"
     )
     typer.secho(
-        "not built yet: validate (data gate), register (MLflow registry), Prefect orchestration (see the open issues).",
+        "not built yet: register (MLflow registry), Prefect orchestration, MLflow tracking (see the open issues).",
         fg="yellow",
     )
 

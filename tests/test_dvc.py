@@ -36,10 +36,8 @@ def _set_params(repo: Path, changes: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A git + DVC repository with the project's tracked files, tiny params and generated data."""
-    repo = tmp_path_factory.mktemp("dvcrepo")
+def _make_repo(repo: Path, generate: bool = True):
+    """A git + DVC repository with the project's tracked files, tiny params (and generated data)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     files = _sh(["git", "ls-files"], ROOT, env).stdout.split()
     for name in files:
@@ -52,7 +50,35 @@ def repo(tmp_path_factory):
     _sh(["dvc", "add", "-q", "data"], repo, env)
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)
+    if not generate:  # as on a fresh clone: data.dvc pins files that are not there yet
+        shutil.rmtree(repo / "data")
+        shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
     return repo, env
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return _make_repo(tmp_path_factory.mktemp("dvcrepo"))
+
+
+def test_rewardflow_run_leaves_dvc_clean_and_reruns_nothing(tmp_path):
+    """The in-process pipeline agrees with DVC: from a fresh clone it generates the pinned data, runs every stage,
+    leaves `dvc status` clean with dvc.lock written; run again, it skips every stage."""
+    repo, env = _make_repo(tmp_path / "repo", generate=False)
+    first = _sh(["rewardflow", "run"], repo, env)
+    assert [line.split()[0] for line in first.stdout.splitlines() if " ran " in f" {line} "] == [
+        "validate",
+        "sft",
+        "grpo",
+        "evaluate",
+    ]
+    assert json.loads(_sh(["dvc", "status", "--json"], repo, env).stdout) == {}
+    assert _sh(["git", "status", "--porcelain", "data.dvc"], repo, env).stdout == ""  # the pin is unchanged
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"validate", "sft", "grpo", "evaluate"}
+    second = _sh(["rewardflow", "run"], repo, env)
+    assert second.stdout.count("skipped (up to date)") == 4
+    assert _ran(_sh(["dvc", "repro"], repo, env).stdout) == []  # and DVC agrees
 
 
 def _ran(output: str) -> list[str]:

@@ -1,0 +1,63 @@
+"""DVC as the one source of truth for "changed": which stages are current, and recording the ones that ran.
+
+The in-process pipeline (`rewardflow run`) skips a stage exactly when `dvc status` says it is up to date, and
+after running one records it with `dvc commit`, so the repository ends as `dvc repro` would leave it:
+`dvc status` clean and `dvc.lock` current.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Lineage:
+    """DVC state of the project at `root`; inactive (every stage runs, nothing recorded) outside a DVC repo
+    or when params were overridden on the command line, which dvc.lock could not reflect."""
+
+    def __init__(self, root: str | Path = ".", overridden: bool = False) -> None:
+        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+        self.root = Path(root)
+        self.active = (self.root / ".dvc").is_dir() and (self.root / "dvc.yaml").is_file() and not overridden
+        if overridden:
+            log.warning(
+                "--set overrides are not recorded in dvc.lock: every stage runs and nothing is recorded "
+                "(use `dvc exp run -S key=value` for tracked experiments)"
+            )
+
+    def _repo(self):
+        from dvc.repo import Repo
+
+        return Repo(str(self.root))
+
+    def is_current(self, stage: str) -> bool:
+        """True when DVC sees no change in the stage's deps, params, outs or command."""
+        if not self.active:
+            return False
+        with self._repo() as repo:
+            return not repo.status(targets=[stage])
+
+    def record(self, stage: str) -> None:
+        """Cache the stage's outputs and write its entry in dvc.lock (what `dvc repro` does after running it)."""
+        if self.active:
+            with self._repo() as repo:
+                repo.commit(stage, force=True)
+
+    def pin_generated_data(self, dvc_file: str = "data.dvc") -> None:
+        """After regenerating the embedded data: cache it when it matches the pin; warn when it does not."""
+        if not self.active or not (self.root / dvc_file).exists():
+            return
+        with self._repo() as repo:
+            status = repo.status(targets=[dvc_file])
+        changes = [v for entry in status.get(dvc_file, []) for v in entry.get("changed outs", {}).values()]
+        if changes and all(change == "not in cache" for change in changes):
+            with self._repo() as repo:
+                repo.commit(dvc_file, force=True)
+        elif changes:
+            log.warning(
+                "the generated data differs from what %s pins (task params changed?); run `dvc add data` to pin it",
+                dvc_file,
+            )
