@@ -73,20 +73,24 @@ def test_sft_grpo_evaluate_learn_and_save(tiny):
     from tasks.evaluation import run_evaluate
     from tasks.training import run_grpo, run_sft
 
-    p = tiny()
+    # enough SFT to learn the format, and a hot sampler, so GRPO groups differ and carry a learning signal
+    p = tiny("sft.max_steps=30", "sft.learning_rate=0.005", "grpo.temperature=1.5", "grpo.prompts_per_step=4")
     rows = read_jsonl(p.paths.train_file)
     base_model, base_tok = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
     base = save_artifact(base_model, base_tok, Path(p.paths.models_dir) / "base", {})
 
     sft = run_sft(p)
-    assert sft["summary"]["steps"] == 3
+    assert sft["summary"]["steps"] == 30
     # every trainable tensor moved away from the initial weights
     assert len(_changed(_state(base), _state(sft["model_dir"]))) == len(_state(base))
     resolved = json.loads((Path(sft["model_dir"]) / "rewardflow_config.json").read_text())
-    assert resolved["sft"]["max_steps"] == 3 and resolved["seed"] == p.seed
+    assert resolved["sft"]["max_steps"] == 30 and resolved["seed"] == p.seed
 
     grpo = run_grpo(p)
     assert grpo["summary"]["steps"] == 2
+    assert (
+        min(e["reward_stats/zero_std_group_frac"] for e in grpo["logs"] if "reward_stats/zero_std_group_frac" in e) < 1
+    )
     assert _changed(_state(sft["model_dir"]), _state(grpo["model_dir"]))
     # per-component statistics are logged every step, with finite values in range
     logged = [entry for entry in grpo["logs"] if "reward_stats/combined/mean" in entry]
