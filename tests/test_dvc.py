@@ -1,5 +1,7 @@
 """The DVC pipeline for real, in a temporary git repository holding a copy of the project with tiny params."""
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -133,3 +135,21 @@ def test_push_and_pull_through_the_default_local_remote(repo):
     shutil.rmtree(repo / ".dvc" / "cache")
     _sh(["dvc", "pull", "-q", "data.dvc"], repo, env)
     assert json.loads(_sh(["dvc", "status", "--json", "data.dvc"], repo, env).stdout) == {}
+
+
+def test_reward_weight_experiment(repo):
+    """The article's "don't trust the default weights", the DVC way: an experiment with another weight runs
+    only the stages the reward feeds, and `dvc exp show` lists its held-out metrics beside the baseline."""
+    repo, env = repo
+    _sh(["git", "checkout", "-q", "--", "data.dvc", "params.yaml"], repo, env)
+    _sh(["dvc", "checkout", "-q"], repo, env, check=False)
+    _sh(["dvc", "repro"], repo, env)
+    _sh(["git", "add", "-A"], repo, env)
+    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], repo, env)
+    run = _sh(["dvc", "exp", "run", "-n", "em05", "-S", "reward.exact_match_weight=0.5"], repo, env)
+    assert _ran(run.stdout) == ["grpo", "evaluate"]
+    table = _sh(["dvc", "exp", "show", "--csv"], repo, env).stdout
+    header, *rows = csv.reader(io.StringIO(table))
+    weight, mae = header.index("reward.exact_match_weight"), header.index("grpo.mae")
+    exp_row = next(r for r in rows if r[0] == "em05")
+    assert float(exp_row[weight]) == 0.5 and float(exp_row[mae]) >= 0.0
