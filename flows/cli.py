@@ -64,17 +64,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 def data_generate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Write the embedded task's train and held-out files (deterministic: same seeds, same bytes)."""
     p = _load(params, set_)
-    train, heldout = generate_dataset(
-        p.paths.train_file,
-        p.paths.heldout_file,
-        n_train=p.task.n_train,
-        n_heldout=p.task.n_heldout,
-        train_seed=p.task.train_seed,
-        heldout_seed=p.task.heldout_seed,
-        n_items=p.task.n_items,
-        min_score=p.task.min_score,
-        max_score=p.task.max_score,
-    )
+    train, heldout = generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
     typer.echo(f"wrote {train} ({p.task.n_train} rows) and {heldout} ({p.task.n_heldout} rows)")
 
 

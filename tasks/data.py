@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tasks.config import TaskConfig
+
 ASPECTS = ("food", "service", "price", "ambience", "location", "cleanliness", "menu", "drinks")
 POSITIVE = ("great", "tasty", "fresh", "friendly", "cheap", "cozy", "lovely", "quick", "superb", "clean")
 NEGATIVE = ("bland", "slow", "rude", "pricey", "noisy", "dirty", "stale", "cold", "awful", "cramped")
@@ -115,23 +117,11 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
-def generate_dataset(
-    train_file: str | Path,
-    heldout_file: str | Path,
-    *,
-    n_train: int,
-    n_heldout: int,
-    train_seed: int,
-    heldout_seed: int,
-    n_items: int,
-    min_score: int,
-    max_score: int,
-) -> tuple[Path, Path]:
+def generate_dataset(train_file: str | Path, heldout_file: str | Path, task: TaskConfig) -> tuple[Path, Path]:
     """Write the train and held-out files of the embedded task; no held-out prompt appears in train."""
-    train = generate_rows(n_train, train_seed, n_items, min_score, max_score)
-    heldout = generate_rows(
-        n_heldout, heldout_seed, n_items, min_score, max_score, exclude=(r["prompt"] for r in train)
-    )
+    shape = (task.n_items, task.min_score, task.max_score)
+    train = generate_rows(task.n_train, task.train_seed, *shape)
+    heldout = generate_rows(task.n_heldout, task.heldout_seed, *shape, exclude=(r["prompt"] for r in train))
     return write_jsonl(train_file, train), write_jsonl(heldout_file, heldout)
 
 

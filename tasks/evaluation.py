@@ -12,14 +12,7 @@ import numpy as np
 
 from tasks.config import Params
 from tasks.data import read_jsonl, write_jsonl
-from tasks.rewards import (
-    RewardConfig,
-    combined_reward,
-    exact_match_reward,
-    format_reward,
-    parse_scores,
-    perfect_match_reward,
-)
+from tasks.rewards import RewardConfig, score_completion
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +30,9 @@ METRIC_KEYS = (
 
 def score_example(text: str, truth: Sequence[int], config: RewardConfig, score_span: int) -> dict[str, Any]:
     """Per-example scores of one completion: the numbers every held-out metric averages."""
-    pred = parse_scores(text)
-    truth = list(truth)
-    structural_ok = bool(pred) and len(pred) == len(truth)
+    scores = score_completion(text, truth, config)
+    pred, truth = scores["prediction"], list(truth)
+    structural_ok = not scores["structural_failure"]
     if structural_ok:
         errors = [min(abs(p - g), score_span) for p, g in zip(pred, truth, strict=True)]
     else:
@@ -47,13 +40,13 @@ def score_example(text: str, truth: Sequence[int], config: RewardConfig, score_s
         errors = [score_span] * len(truth)
     return {
         "prediction": pred,
-        "exact": perfect_match_reward(pred, truth),
-        "item_accuracy": exact_match_reward(pred, truth),
+        "exact": scores["perfect"],
+        "item_accuracy": scores["exact_match"],
         "within_1": float(np.mean([e <= 1 for e in errors])) if structural_ok else 0.0,
         "abs_error": float(np.mean(errors)) if errors else 0.0,
-        "format_ok": float(format_reward(pred, truth, text) == 1.0),
-        "structural_failure": float(not structural_ok),
-        "reward": combined_reward(pred, truth, text, config),
+        "format_ok": float(scores["format"] == 1.0),
+        "structural_failure": scores["structural_failure"],
+        "reward": scores["combined"],
     }
 
 

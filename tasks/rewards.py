@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -209,6 +210,26 @@ def combined_reward(
     if list(predictions) == list(ground_truth):
         reward += config.perfect_bonus
     return reward
+
+
+def score_completion(text: str, ground_truth: Sequence[int], config: RewardConfig) -> dict[str, Any]:
+    """Every component of one completion from a single parse: what GRPO's statistics and held-out metrics use.
+
+    >>> score_completion("3 4 2 5", [3, 4, 3, 5], RewardConfig())["exact_match"]
+    0.75
+    """
+    pred = parse_scores(text)
+    truth = list(ground_truth)
+    return {
+        "prediction": pred,
+        "exact_match": exact_match_reward(pred, truth),
+        "off_by_1": off_by_1_reward(pred, truth, config.exact_bonus),
+        "mae": mae_reward(pred, truth, config.max_mae),
+        "format": format_reward(pred, truth, text),
+        "combined": combined_reward(pred, truth, text, config),
+        "structural_failure": float(not _structural_ok(pred, truth)),
+        "perfect": perfect_match_reward(pred, truth),
+    }
 
 
 def compute_advantages(rewards: Sequence[float], eps: float = 1e-8, min_std: float = 0.01) -> list[float]:

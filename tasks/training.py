@@ -20,14 +20,9 @@ from tasks.rewards import (
     RewardConfig,
     build_reward_funcs,
     check_diversity,
-    combined_reward,
     completion_text,
     compute_advantages,
-    exact_match_reward,
-    format_reward,
-    mae_reward,
-    off_by_1_reward,
-    parse_scores,
+    score_completion,
 )
 
 log = logging.getLogger(__name__)
@@ -118,14 +113,9 @@ def completion_stats(texts: list[str], truths: list[list[int]], config: RewardCo
     """Per-completion component values, structural failures and perfect answers (the article's components)."""
     out: dict[str, list[float]] = defaultdict(list)
     for text, truth in zip(texts, truths, strict=True):
-        pred = parse_scores(text)
-        out["exact_match"].append(exact_match_reward(pred, truth))
-        out["off_by_1"].append(off_by_1_reward(pred, truth, config.exact_bonus))
-        out["mae"].append(mae_reward(pred, truth, config.max_mae))
-        out["format"].append(format_reward(pred, truth, text))
-        out["combined"].append(combined_reward(pred, truth, text, config))
-        out["structural_failure"].append(float(not pred or len(pred) != len(truth)))
-        out["perfect"].append(float(pred == list(truth)))
+        for name, value in score_completion(text, truth, config).items():
+            if name != "prediction":
+                out[name].append(value)
     return out
 
 

@@ -2,9 +2,11 @@
 
 import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 
+from tasks.config import TaskConfig
 from tasks.data import (
     DataFileError,
     generate_dataset,
@@ -15,7 +17,7 @@ from tasks.data import (
     write_jsonl,
 )
 
-KW = dict(n_train=300, n_heldout=60, train_seed=1, heldout_seed=2, n_items=4, min_score=1, max_score=5)
+TASK = TaskConfig(n_items=4, min_score=1, max_score=5, n_train=300, n_heldout=60, train_seed=1, heldout_seed=2)
 
 
 def _digest(path):
@@ -23,15 +25,15 @@ def _digest(path):
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
-    a = generate_dataset(tmp_path / "a/train.jsonl", tmp_path / "a/heldout.jsonl", **KW)
-    b = generate_dataset(tmp_path / "b/train.jsonl", tmp_path / "b/heldout.jsonl", **KW)
+    a = generate_dataset(tmp_path / "a/train.jsonl", tmp_path / "a/heldout.jsonl", TASK)
+    b = generate_dataset(tmp_path / "b/train.jsonl", tmp_path / "b/heldout.jsonl", TASK)
     assert [_digest(p) for p in a] == [_digest(p) for p in b]
-    c = generate_dataset(tmp_path / "c/train.jsonl", tmp_path / "c/heldout.jsonl", **{**KW, "train_seed": 7})
+    c = generate_dataset(tmp_path / "c/train.jsonl", tmp_path / "c/heldout.jsonl", replace(TASK, train_seed=7))
     assert _digest(c[0]) != _digest(a[0])
 
 
 def test_rows_follow_the_schema_and_the_labelling_rule(tmp_path):
-    train, heldout = generate_dataset(tmp_path / "train.jsonl", tmp_path / "heldout.jsonl", **KW)
+    train, heldout = generate_dataset(tmp_path / "train.jsonl", tmp_path / "heldout.jsonl", TASK)
     rows, held = read_jsonl(train), read_jsonl(heldout)
     assert len(rows) == 300 and len(held) == 60
     for row in rows:

@@ -43,18 +43,7 @@ def tiny(tmp_path):
     def make(*extra):
         p = load_params(ROOT / "params.yaml", [*paths, *TINY, *extra])
         if not Path(p.paths.train_file).exists():
-            t = p.task
-            generate_dataset(
-                p.paths.train_file,
-                p.paths.heldout_file,
-                n_train=t.n_train,
-                n_heldout=t.n_heldout,
-                train_seed=t.train_seed,
-                heldout_seed=t.heldout_seed,
-                n_items=t.n_items,
-                min_score=t.min_score,
-                max_score=t.max_score,
-            )
+            generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
         return p
 
     return make
