@@ -208,6 +208,37 @@ class EvaluateConfig:
         _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1 (got {self.max_new_tokens})")
 
 
+# Metrics where lower is better; every other held-out metric is higher-is-better.
+LOWER_IS_BETTER = frozenset({"mae", "structural_failure_rate"})
+PROMOTABLE_METRICS = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance", "mean_reward")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    # the MLflow registered model; its versions carry the aliases challenger and champion
+    model_name: str
+    # the held-out metric the promotion gate compares (see evaluate), and the margin a challenger must win by
+    primary_metric: str
+    min_improvement: float
+
+    def __post_init__(self) -> None:
+        _check(
+            bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", self.model_name)),
+            "model_name",
+            f"must be letters, digits, '_', '.', '-' (got {self.model_name!r})",
+        )
+        _check(
+            self.primary_metric in PROMOTABLE_METRICS,
+            "primary_metric",
+            f"must be one of {', '.join(PROMOTABLE_METRICS)} (got {self.primary_metric!r})",
+        )
+        _check(self.min_improvement >= 0.0, "min_improvement", f"must be >= 0 (got {self.min_improvement})")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.primary_metric not in LOWER_IS_BETTER
+
+
 @dataclass(frozen=True)
 class Params:
     seed: int
@@ -219,6 +250,7 @@ class Params:
     sft: SftConfig
     grpo: GrpoConfig
     evaluate: EvaluateConfig
+    register: RegisterConfig
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
