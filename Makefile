@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test lint install clean repro
+.PHONY: run test lint install clean repro ui
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rewardflow needs Python >= 3.11 (set PYTHON=...)")'
@@ -46,3 +46,7 @@ clean:
 
 repro: $(VENV)/.installed-run
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# The MLflow UI on the project's local store (runs, per-component reward curves, the model registry).
+ui: $(VENV)/.installed-run
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

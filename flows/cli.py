@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,10 @@ for _var, _value in {
     "GX_ANALYTICS_ENABLED": "False",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # The ephemeral Prefect server took over its default 20 s to start on a cold 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    # The library's own loggers show up in Prefect's run logs (UI) as well as the terminal.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks",
 }.items():
     os.environ.setdefault(_var, _value)
 
@@ -51,13 +54,18 @@ def _load(params: Path, overrides: list[str] | None):
         raise typer.Exit(2) from None
 
 
+# Commands that run Prefect flows leave log formatting to Prefect (task run names, run logs in the UI).
+FLOW_COMMANDS = {"run", "serve", "retrain", "promote", "rollback"}
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _main(ctx: typer.Context, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if ctx.invoked_subcommand in FLOW_COMMANDS:
+        logging.getLogger("tasks").setLevel(level)
+        return
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @data_app.command("generate")
@@ -126,45 +134,144 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
     _run_stage("evaluate", params, set_)
 
 
+def _print_summary(summary: dict, seconds: float) -> None:
+    typer.echo("\nstage      status                    time")
+    for name, status, stage_seconds in summary["stages"]:
+        typer.echo(f"{name:<10} {status:<24} {stage_seconds:6.1f}s")
+    typer.echo(f"{'register':<10} {summary['registration']}")
+    keys = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance")
+    typer.echo("\nheld-out         " + " ".join(f"{k:>17}" for k in keys))
+    for name, metrics in summary["metrics"].items():
+        typer.echo(f"{name:<16} " + " ".join(f"{metrics.get(k, float('nan')):>17.3f}" for k in keys))
+    uri = summary["tracking_uri"]
+    typer.echo(
+        f"\npipeline finished in {seconds:.1f}s. Where to look next:\n"
+        f"  MLflow UI:   make ui  (mlflow ui --backend-store-uri {uri} --host 127.0.0.1)\n"
+        f"               pipeline run {summary['mlflow_run_id']}\n"
+        "  Prefect UI:  prefect server start, then http://127.0.0.1:4200 (`rewardflow serve` runs appear there)\n"
+        "  registry:    rewardflow status; load with mlflow.pyfunc.load_model('models:/<name>@champion')\n"
+        "  reports:     reports/eval.json, reports/data_docs/index.html; `dvc metrics show`, `dvc plots show`"
+    )
+
+
 @app.command("run")
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Run the pipeline (validate, sft, grpo, evaluate); stages DVC sees as up to date are skipped."""
+    """Run the pipeline flow: validate, sft, grpo, evaluate, register. Stages DVC sees as up to date are skipped."""
     import time
 
-    from tasks.lineage import Lineage
+    _load(params, set_)  # a bad params file fails here, before any server starts
+    from flows.pipeline import training_pipeline
+    from tasks.tracking import TrackingUnavailable
 
-    p = _load(params, set_)
-    lineage = Lineage(".", overridden=bool(set_) or params != Path("params.yaml"))
-    if not Path(p.paths.train_file).exists() or not Path(p.paths.heldout_file).exists():
-        data_generate(params, set_)
-        lineage.pin_generated_data()
-    from tasks.stages import STAGES
+    started = time.perf_counter()
+    try:
+        summary = training_pipeline(str(params), list(set_ or []))
+    except (TrackingUnavailable, ValidationFailed, DataFileError, FileNotFoundError, ValueError, OSError) as err:
+        typer.secho(f"pipeline failed: {err}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    _print_summary(summary, time.perf_counter() - started)
 
-    rows = []
-    for name in STAGES:
-        if lineage.is_current(name):
-            rows.append((name, "skipped (up to date)", 0.0))
+
+def _registry_error(err: Exception) -> None:
+    typer.secho(f"error: {err}", err=True, fg="red")
+    raise typer.Exit(1) from None
+
+
+@app.command("promote")
+def promote(
+    version: Annotated[str, typer.Option("--version", help="model version to make champion")],
+    reason: Annotated[str, typer.Option(help="recorded on the version")] = "manual promotion",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Make a registered version the champion (recorded; `rewardflow rollback` undoes it)."""
+    _load(params, None)
+    from flows.promote import promote_flow
+    from tasks.tracking import TrackingUnavailable
+
+    try:
+        previous = promote_flow(version, reason, str(params))
+    except (ValueError, LookupError, TrackingUnavailable) as err:
+        _registry_error(err)
+    typer.echo(f"champion: v{previous or 'none'} -> v{version}")
+
+
+@app.command("rollback")
+def rollback(
+    reason: Annotated[str, typer.Option(help="recorded on the demoted version")] = "manual rollback",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Give the champion alias back to the previous champion (recorded)."""
+    _load(params, None)
+    from flows.promote import rollback_flow
+    from tasks.tracking import TrackingUnavailable
+
+    try:
+        demoted, restored = rollback_flow(reason, str(params))
+    except (ValueError, LookupError, TrackingUnavailable) as err:
+        _registry_error(err)
+    typer.echo(f"champion: v{demoted} -> v{restored} (rolled back)")
+
+
+@app.command("status")
+def status(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Champion and challenger with their held-out metrics and lineage, and the champion history."""
+    p = _load(params, None)
+    from tasks.registry import registry_status
+    from tasks.tracking import TrackingUnavailable, open_client
+
+    try:
+        info = registry_status(open_client(), p.register.model_name)
+    except (LookupError, TrackingUnavailable) as err:
+        _registry_error(err)
+    typer.echo(f"model {info['model_name']} (champion history: {' -> '.join(info['champion_history']) or 'none'})")
+    for alias in ("champion", "challenger"):
+        v = info[alias]
+        if v is None:
+            typer.echo(f"\n{alias}: none")
             continue
-        started = time.perf_counter()
-        _run_stage(name, params, set_)
-        lineage.record(name)
-        rows.append((name, "ran", time.perf_counter() - started))
-    typer.echo("\nstage      status                    time")
-    for name, status, seconds in rows:
-        typer.echo(f"{name:<10} {status:<24} {seconds:6.1f}s")
-    report = json.loads((Path(p.paths.reports_dir) / "eval.json").read_text())
-    keys = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance")
-    typer.echo("\nheld-out   " + " ".join(f"{k:>17}" for k in keys))
-    for name, metrics in report.items():
-        typer.echo(f"{name:<10} " + " ".join(f"{metrics[k]:>17.3f}" for k in keys))
-    typer.echo(
-        f"\nreports: {p.paths.reports_dir}/eval.json, {p.paths.reports_dir}/data_docs/index.html; "
-        f"models: {p.paths.models_dir}/sft, {p.paths.models_dir}/grpo; `dvc status` / `dvc metrics show`"
-    )
-    typer.secho(
-        "not built yet: register (MLflow registry), Prefect orchestration, MLflow tracking (see the open issues).",
-        fg="yellow",
-    )
+        typer.echo(f"\n{alias}: version {v['version']} (created {v['created']}, run {v['run_id']})")
+        for key in ("promotion_decision", "promotion_reason", "rolled_back", "rollback_reason"):
+            if key in v["tags"]:
+                typer.echo(f"  {key}: {v['tags'][key]}")
+        typer.echo("  metrics: " + ", ".join(f"{k}={val:.4g}" for k, val in sorted(v["metrics"].items())))
+        typer.echo("  lineage: " + ", ".join(f"{k}={val}" for k, val in v["lineage"].items()))
+
+
+@app.command("retrain")
+def retrain(
+    params: ParamsOpt = Path("params.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="retrain even when the data did not change")] = False,
+) -> None:
+    """Run the retraining flow once: the pipeline, unless the champion was trained on these very data."""
+    _load(params, None)
+    from flows.retrain import retraining_flow
+
+    result = retraining_flow(str(params), force)
+    typer.echo(f"skipped: {result['skipped']}" if "skipped" in result else f"retrained: {result['registration']}")
+
+
+@app.command("serve")
+def serve(
+    cron: Annotated[str, typer.Option(help="schedule (cron, UTC)")] = "0 3 * * 1",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Serve the scheduled retraining deployment (needs a Prefect server: `prefect server start`)."""
+    _load(params, None)
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        _registry_error(
+            RuntimeError(
+                "serving a schedule needs a running Prefect server, not the temporary one `rewardflow run` starts: "
+                "run `prefect server start` in another terminal, then "
+                "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` and retry"
+            )
+        )
+    from prefect import serve as prefect_serve
+
+    from flows.retrain import deployment
+
+    prefect_serve(deployment(cron, str(params)))
 
 
 if __name__ == "__main__":

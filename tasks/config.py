@@ -240,6 +240,16 @@ class RegisterConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    # MLflow experiment of the pipeline runs; the tracking URI comes from MLFLOW_TRACKING_URI (default: the
+    # project's sqlite:///mlflow.db), never from params, so a server address and its credentials stay out of git
+    experiment_name: str
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment_name.strip()), "experiment_name", "must not be empty")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     paths: PathsConfig
@@ -250,6 +260,7 @@ class Params:
     sft: SftConfig
     grpo: GrpoConfig
     evaluate: EvaluateConfig
+    tracking: TrackingConfig
     register: RegisterConfig
 
     def to_dict(self) -> dict[str, Any]:

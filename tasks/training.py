@@ -66,16 +66,22 @@ def device_kwargs() -> dict[str, Any]:
 class LogCapture:
     """Keeps every log dict a trainer emits (in-process metrics for tests, reports and MLflow)."""
 
-    def __init__(self) -> None:
+    # the numbers a progress line shows, when the trainer logs them
+    PROGRESS_KEYS = ("loss", "reward", "reward_std", "learning_rate")
+
+    def __init__(self, label: str = "train") -> None:
         from transformers import TrainerCallback
 
         outer = self
+        self.label = label
         self.logs: list[dict[str, float]] = []
 
         class _Callback(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs:
                     outer.on_log(state.global_step, logs)
+                    shown = ", ".join(f"{k} {logs[k]:.4g}" for k in outer.PROGRESS_KEYS if k in logs)
+                    log.info("%s step %d/%d: %s", outer.label, state.global_step, state.max_steps, shown)
 
         self.callback = _Callback()
 
@@ -87,8 +93,8 @@ class DeadComponentMonitor(LogCapture):
     """The article's diagnostic as a feature: a reward component whose mean stays above `high` or below `low`
     for `window` consecutive logs gives no signal; it is reported once (warning) and recorded."""
 
-    def __init__(self, window: int, low: float, high: float) -> None:
-        super().__init__()
+    def __init__(self, window: int, low: float, high: float, label: str = "grpo") -> None:
+        super().__init__(label)
         self.window, self.low, self.high = window, low, high
         self.history: dict[str, list[float]] = defaultdict(list)
         self.dead: dict[str, str] = {}
@@ -107,6 +113,13 @@ class DeadComponentMonitor(LogCapture):
                 side = f"above {self.high}" if recent[-1] > self.high else f"below {self.low}"
                 self.dead[name] = f"mean {side} for {self.window} logs (last {recent[-1]:.3f}) at step {step}"
                 log.warning("reward component %s is dead: %s; it gives GRPO no signal", name, self.dead[name])
+
+
+def _quiet(trainer: Any) -> None:
+    """With tqdm off, transformers prints every log dict to stdout; LogCapture logs progress lines instead."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
 
 
 def completion_stats(texts: list[str], truths: list[list[int]], config: RewardConfig) -> dict[str, list[float]]:
@@ -226,7 +239,7 @@ def run_sft(p: Params) -> dict[str, Any]:
     # --- model
     model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
     # --- train
-    capture = LogCapture()
+    capture = LogCapture("sft")
     with tempfile.TemporaryDirectory(prefix="rewardflow-sft-") as scratch:
         args = SFTConfig(
             output_dir=scratch,
@@ -252,6 +265,7 @@ def run_sft(p: Params) -> dict[str, Any]:
             peft_config=peft_config_for(p.sft.lora, p.model),
             callbacks=[capture.callback],
         )
+        _quiet(trainer)
         result = trainer.train()
     # --- save
     out_dir = save_artifact(trainer.model, tokenizer, Path(p.paths.models_dir) / "sft", _resolved(p, "sft"))
@@ -322,6 +336,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
             min_std=p.grpo.min_std,
             min_unique_ratio=p.grpo.min_unique_ratio,
         )
+        _quiet(trainer)
         result = trainer.train()
     # --- save
     out_dir = save_artifact(trainer.model, tokenizer, Path(p.paths.models_dir) / "grpo", _resolved(p, "grpo"))

@@ -3,59 +3,15 @@
 import csv
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "task": {"n_train": 64, "n_heldout": 16},
-    "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
-    "sft": {"max_steps": 3, "batch_size": 8, "logging_steps": 1},
-    "grpo": {"max_steps": 2, "prompts_per_step": 2, "logging_steps": 1},
-    "evaluate": {"batch_size": 8},
-}
+from project import make_repo as _make_repo
+from project import set_params as _set_params
+from project import sh as _sh
 
 pytestmark = pytest.mark.slow
-
-
-def _sh(args, cwd, env, check=True):
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def _set_params(repo: Path, changes: dict) -> None:
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in changes.items():
-        raw[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def _make_repo(repo: Path, generate: bool = True):
-    """A git + DVC repository with the project's tracked files, tiny params (and generated data)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    files = _sh(["git", "ls-files"], ROOT, env).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / name, repo / name)
-    _set_params(repo, TINY)
-    _sh(["git", "init", "-q"], repo, env)
-    _sh(["rewardflow", "data", "generate"], repo, env)
-    _sh(["dvc", "add", "-q", "data"], repo, env)
-    _sh(["git", "add", "-A"], repo, env)
-    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)
-    if not generate:  # as on a fresh clone: data.dvc pins files that are not there yet
-        shutil.rmtree(repo / "data")
-        shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
-    return repo, env
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +35,9 @@ def test_rewardflow_run_leaves_dvc_clean_and_reruns_nothing(tmp_path):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"validate", "sft", "grpo", "evaluate"}
     second = _sh(["rewardflow", "run"], repo, env)
-    assert second.stdout.count("skipped (up to date)") == 4
+    stage_rows = [line.split()[:2] for line in second.stdout.splitlines() if line.split()[1:2] == ["skipped"]]
+    assert stage_rows == [[name, "skipped"] for name in ("validate", "sft", "grpo", "evaluate")]
+    assert "already registered as version 1" in second.stdout
     assert _ran(_sh(["dvc", "repro"], repo, env).stdout) == []  # and DVC agrees
 
 

@@ -1,0 +1,224 @@
+"""The training pipeline flow: validate -> sft -> grpo -> evaluate -> register, tracked in MLflow.
+
+A stage DVC sees as up to date (same data, params section, code and upstream outputs) is skipped, and a stage
+that ran is recorded in dvc.lock, so the repository ends as `dvc repro` would leave it. Retries only on tracking
+calls (a server hiccup); a validation failure or a bad param fails at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks import tracking
+from tasks.config import Params, load_params
+from tasks.lineage import Lineage
+from tasks.stages import STAGES
+
+
+def _tracking_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a tracking call only when the tracking server or the disk failed, never on a user error."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        state.result()
+    except (MlflowException, ConnectionError, TimeoutError, OSError) as err:
+        return not isinstance(err, FileNotFoundError)
+    except BaseException:
+        return False
+    return False
+
+
+TRACKING_RETRIES = dict(retries=2, retry_delay_seconds=3, retry_condition_fn=_tracking_error)
+SUMMARY_METRICS = ("exact_match", "within_1", "mae", "format_compliance", "mean_reward")
+
+
+@dataclass
+class Pipeline:
+    """What every task of one pipeline run shares: params, DVC state and the MLflow runs."""
+
+    p: Params
+    root: Path
+    lineage: Lineage
+    client: Any
+    experiment_id: str
+    run_id: str
+    lineage_tags: dict[str, str]
+    stage_runs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # "ran" or "skipped"
+    seconds: float
+    detail: str = ""
+
+
+# --- tasks ------------------------------------------------------------------------------------------------------
+
+
+@task(cache_policy=NO_CACHE)
+def prepare_data(p: Params, lineage: Lineage) -> str:
+    """The embedded task's files when the configured ones are missing (deterministic, pinned by data.dvc)."""
+    if Path(p.paths.train_file).exists() and Path(p.paths.heldout_file).exists():
+        return "present"
+    from tasks.data import generate_dataset
+
+    generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
+    lineage.pin_generated_data()
+    get_run_logger().info("generated the embedded data set: %s, %s", p.paths.train_file, p.paths.heldout_file)
+    return "generated"
+
+
+@task(cache_policy=NO_CACHE, **TRACKING_RETRIES)
+def open_stage_run(pipe: Pipeline, name: str) -> str:
+    run_id = tracking.start_stage_run(pipe.client, pipe.run_id, pipe.experiment_id, name, pipe.p)
+    pipe.stage_runs[name] = run_id
+    return run_id
+
+
+@task(cache_policy=NO_CACHE)
+def run_stage(pipe: Pipeline, name: str) -> StageResult:
+    """One stage of dvc.yaml, unless DVC says it is up to date; its MLflow run ends FAILED when it fails."""
+    logger = get_run_logger()
+    if pipe.lineage.is_current(name):
+        logger.info("%s: skipped: DVC says its data, params, code and upstream outputs are unchanged", name)
+        return StageResult(name, "skipped", 0.0)
+    started = time.perf_counter()
+    try:
+        STAGES[name](pipe.p)
+    except BaseException:
+        tracking.end_run(pipe.client, pipe.stage_runs[name], ok=False)
+        raise
+    pipe.lineage.record(name)
+    seconds = time.perf_counter() - started
+    logger.info("%s: done in %.1fs", name, seconds)
+    return StageResult(name, "ran", seconds)
+
+
+@task(cache_policy=NO_CACHE, **TRACKING_RETRIES)
+def log_stage(pipe: Pipeline, result: StageResult) -> None:
+    """The stage's metrics, reports and plots; for a checkpoint, its hash and the run that first produced it."""
+    client, run_id = pipe.client, pipe.stage_runs[result.name]
+    tags = {"skipped": str(result.status == "skipped").lower(), "seconds": f"{result.seconds:.1f}"}
+    checkpoint = Path(pipe.p.paths.models_dir) / result.name
+    if result.name in ("sft", "grpo") and checkpoint.is_dir():
+        tags["output_hash"] = tracking.hash_files([checkpoint])
+        source = tracking.find_stage_run(client, pipe.experiment_id, result.name, tags["output_hash"])
+        if result.status == "skipped" and source:
+            tags["reused_from_run_id"] = source
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    if result.status == "ran" or result.name == "evaluate":
+        tracking.log_stage_outputs(client, run_id, result.name, pipe.p)
+    tracking.end_run(client, run_id, ok=True)
+
+
+@task(cache_policy=NO_CACHE, **TRACKING_RETRIES)
+def register(pipe: Pipeline) -> Any:
+    """Log and register the GRPO model (once per training run) and apply the promotion gate."""
+    from tasks.registration import run_register
+
+    run_id = tracking.start_stage_run(pipe.client, pipe.run_id, pipe.experiment_id, "register", pipe.p)
+    grpo_run = pipe.stage_runs["grpo"]
+    source = pipe.client.get_run(grpo_run).data.tags.get("reused_from_run_id") or grpo_run
+    try:
+        result = run_register(pipe.client, pipe.p, run_id, source, pipe.lineage_tags, pipe.root)
+    except BaseException:
+        tracking.end_run(pipe.client, run_id, ok=False)
+        raise
+    pipe.client.set_tag(run_id, "skipped", str(not result.created).lower())
+    pipe.client.set_tag(run_id, "model_version", result.version)
+    tracking.end_run(pipe.client, run_id, ok=True)
+    get_run_logger().info("register: %s", result.summary)
+    return result
+
+
+@task(cache_policy=NO_CACHE)
+def publish(pipe: Pipeline, results: Sequence[StageResult], registration: Any) -> dict[str, Any]:
+    """The evaluation table and the promotion decision as Prefect markdown artifacts; the run's summary."""
+    import json
+
+    report = json.loads((Path(pipe.p.paths.reports_dir) / "eval.json").read_text())
+    columns: dict[str, dict[str, float]] = dict(report)
+    if registration.champion_metrics is not None:
+        columns[f"champion v{registration.champion_version}"] = registration.champion_metrics
+    header = "| metric | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
+    rows = "".join(
+        f"| {m} | " + " | ".join(f"{c.get(m, float('nan')):.3f}" for c in columns.values()) + " |\n"
+        for m in SUMMARY_METRICS
+    )
+    create_markdown_artifact(
+        key="evaluation", markdown=f"# Held-out evaluation\n\n{header}{rows}", description="SFT vs GRPO vs champion"
+    )
+    create_markdown_artifact(
+        key="promotion",
+        markdown=f"# Promotion\n\n**{pipe.p.register.model_name}**: {registration.summary}\n",
+        description="the registry gate's decision",
+    )
+    return {
+        "stages": [(r.name, r.status, r.seconds) for r in results],
+        "metrics": columns,
+        "registration": registration.summary,
+        "model_version": registration.version,
+        "promoted": bool(registration.decision and registration.decision.promote),
+        "mlflow_run_id": pipe.run_id,
+        "tracking_uri": tracking.tracking_uri(pipe.root),
+    }
+
+
+# --- the flow ---------------------------------------------------------------------------------------------------
+
+
+def lineage_for(params_file: str, overrides: Sequence[str] | None) -> Lineage:
+    """DVC's view of the project in the working directory; inactive when params differ from params.yaml."""
+    root = Path.cwd()
+    return Lineage(root, overridden=bool(overrides) or Path(params_file).resolve() != root / "params.yaml")
+
+
+@contextmanager
+def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
+    """The MLflow parent run around a pipeline run: FINISHED when the body succeeds, FAILED when it raises."""
+    root = lineage.root.resolve()
+    client, experiment_id = tracking.connect(p, root)
+    tags = {
+        "git_commit": tracking.git_commit(root),
+        "params_hash": tracking.params_hash(p),
+        "data_hash": tracking.hash_files([p.paths.train_file, p.paths.heldout_file]),
+        "heldout_hash": tracking.hash_files([p.paths.heldout_file]),
+    }
+    run_id = tracking.start_parent_run(client, experiment_id, p, tags)
+    try:
+        yield Pipeline(p, root, lineage, client, experiment_id, run_id, tags)
+    except BaseException:
+        tracking.end_run(client, run_id, ok=False)
+        raise
+    if (root / "dvc.lock").is_file():
+        client.log_artifact(run_id, str(root / "dvc.lock"))
+    tracking.end_run(client, run_id, ok=True)
+
+
+@flow(name="rewardflow-pipeline")
+def training_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """validate -> sft -> grpo -> evaluate -> register, each skipped when DVC says it is up to date."""
+    p = load_params(params_file, overrides or ())
+    lineage = lineage_for(params_file, overrides)
+    prepare_data(p, lineage)
+    with tracked_pipeline(p, lineage) as pipe:
+        results = []
+        for name in STAGES:
+            open_stage_run(pipe, name)
+            result = run_stage.with_options(name=name)(pipe, name)
+            log_stage(pipe, result)
+            results.append(result)
+        registration = register(pipe)
+        return publish(pipe, results, registration)

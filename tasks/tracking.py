@@ -1,0 +1,341 @@
+"""MLflow tracking: where runs go, one parent run per pipeline run with a nested run per stage, and what each
+stage logs (resolved params, per-step training metrics with every reward component, eval metrics, reports, plots).
+
+Runs are driven through `MlflowClient` with explicit run ids rather than MLflow's thread-local active run, so the
+Prefect tasks that log can run in any thread. Training logs are read back from the stage's own report files after
+the stage, so the stages stay free of MLflow and a `dvc repro` run logs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tasks.config import Params
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+PARENT_TAG = "mlflow.parentRunId"
+
+# Bounded client behaviour: MLflow's defaults (7 retries, exponential backoff, 120 s timeout) keep a client
+# waiting for minutes on a down server. Users can still override any of these in the environment.
+CLIENT_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server or store cannot be used; the message says which and what to do."""
+
+
+# --- where ------------------------------------------------------------------------------------------------
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    """MLFLOW_TRACKING_URI when set, else the project's SQLite file."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / DEFAULT_DB).resolve()}"
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with the address and what to do, when an http(s) tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        problem = f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise TrackingUnavailable(
+        f"MLflow tracking server {uri} is unreachable ({problem}). Start it (e.g. `mlflow server --host 127.0.0.1 "
+        "--port 5000`), fix MLFLOW_TRACKING_URI, or unset it to use the local sqlite:///mlflow.db"
+    )
+
+
+def open_client(root: str | Path = ".") -> Any:
+    """An MlflowClient on the configured tracking store and registry, with bounded retries and timeouts."""
+    for key, value in CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
+    import mlflow
+
+    uri = tracking_uri(root)
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(uri, uri)
+
+
+def connect(p: Params, root: str | Path = ".") -> tuple[Any, str]:
+    """An MlflowClient on the configured store and the id of the pipeline's experiment (created if missing)."""
+    from mlflow.exceptions import MlflowException
+
+    client = open_client(root)
+    uri = client.tracking_uri
+    try:
+        experiment = client.get_experiment_by_name(p.tracking.experiment_name)
+        if experiment is not None:
+            return client, experiment.experiment_id
+        # A local store keeps artifacts in the project (mlartifacts/); a server decides for itself.
+        location = None if uri.startswith(("http://", "https://")) else (Path(root) / ARTIFACTS_DIR).resolve().as_uri()
+        return client, client.create_experiment(p.tracking.experiment_name, artifact_location=location)
+    except MlflowException as err:
+        raise TrackingUnavailable(f"MLflow tracking store {uri}: {err}") from err
+
+
+# --- lineage tags ---------------------------------------------------------------------------------------------
+
+
+def hash_files(paths: Iterable[str | Path]) -> str:
+    """sha256 (first 16 hex digits) over the files' names relative to their folder and their bytes; a folder
+    counts as all the files under it."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+            with f.open("rb") as handle:
+                for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def params_hash(p: Params) -> str:
+    return hashlib.sha256(json.dumps(p.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit(root: str | Path = ".") -> str:
+    """HEAD's commit, with '-dirty' when tracked files changed; 'unknown' outside a git repository."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def dvc_lock_hashes(root: str | Path = ".") -> dict[str, str]:
+    """Every path dvc.lock and data.dvc pin, with its md5: the exact inputs a registered model can be rebuilt from."""
+    import yaml
+
+    root = Path(root)
+    hashes: dict[str, str] = {}
+    if (root / "data.dvc").is_file():
+        for out in yaml.safe_load((root / "data.dvc").read_text()).get("outs", []):
+            hashes[out["path"]] = out["md5"]
+    if (root / "dvc.lock").is_file():
+        for stage in (yaml.safe_load((root / "dvc.lock").read_text()).get("stages") or {}).values():
+            for entry in (*stage.get("deps", []), *stage.get("outs", [])):
+                if "md5" in entry:
+                    hashes[entry["path"]] = entry["md5"]
+    return hashes
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"grpo": {"lora": {"r": 16}}} -> {"grpo.lora.r": "16"}."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+# --- runs -----------------------------------------------------------------------------------------------------
+
+
+def _log_batch(client: Any, run_id: str, metrics=(), params=()) -> None:
+    """log_batch in chunks under MLflow's per-request limits (1000 metrics, 100 params)."""
+    metrics, params = list(metrics), list(params)
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i : i + 100])
+
+
+def log_params(client: Any, run_id: str, values: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    _log_batch(client, run_id, params=[Param(k, str(v)[:6000]) for k, v in values.items()])
+
+
+def log_metrics(client: Any, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    _log_batch(client, run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+
+def log_step_metrics(client: Any, run_id: str, logs: Iterable[Mapping[str, float]]) -> int:
+    """One MLflow metric point per trainer log entry and key (loss, lr, rewards/<fn>/mean|std, reward_stats/...)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    points = [
+        Metric(key, float(value), now, int(entry["step"]))
+        for entry in logs
+        for key, value in entry.items()
+        if key != "step" and isinstance(value, int | float)
+    ]
+    _log_batch(client, run_id, metrics=points)
+    return len(points)
+
+
+def start_parent_run(client: Any, experiment_id: str, p: Params, tags: Mapping[str, str]) -> str:
+    """The pipeline run: every resolved param (flattened) and the lineage tags."""
+    run = client.create_run(experiment_id, run_name="pipeline", tags={"rewardflow.kind": "pipeline", **tags})
+    log_params(client, run.info.run_id, flatten(p.to_dict()))
+    return run.info.run_id
+
+
+def start_stage_run(client: Any, parent: str, experiment_id: str, stage: str, p: Params) -> str:
+    """A nested run named after the stage, with its params.yaml section."""
+    run = client.create_run(
+        experiment_id, run_name=stage, tags={PARENT_TAG: parent, "rewardflow.kind": "stage", "stage": stage}
+    )
+    section = p.to_dict().get(stage)
+    if isinstance(section, Mapping):
+        log_params(client, run.info.run_id, flatten(section, f"{stage}."))
+    return run.info.run_id
+
+
+def end_run(client: Any, run_id: str, ok: bool) -> None:
+    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def find_stage_run(client: Any, experiment_id: str, stage: str, output_hash: str) -> str | None:
+    """The first run of `stage` that produced outputs with this hash: the source of a checkpoint reused later."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.stage = '{stage}' and tags.output_hash = '{output_hash}' and tags.skipped = 'false'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+# --- what each stage logs ---------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def log_stage_outputs(client: Any, run_id: str, stage: str, p: Params) -> None:
+    """Metrics, reports and plots of a finished stage, read from its report files."""
+    reports = Path(p.paths.reports_dir)
+    if stage == "validate":
+        report = _read_json(reports / "validation.json") or {}
+        log_metrics(
+            client,
+            run_id,
+            {"passed": float(bool(report.get("passed"))), "warnings": float(len(report.get("warnings", [])))},
+        )
+        _log_artifacts(client, run_id, [reports / "validation.json"], "")
+        if (reports / "data_docs").is_dir():
+            client.log_artifacts(run_id, str(reports / "data_docs"), "data_docs")
+    elif stage in ("sft", "grpo"):
+        logs = _read_json(reports / f"{stage}_logs.json") or {}
+        n = log_step_metrics(client, run_id, logs.get("logs", []))
+        log_metrics(client, run_id, {f"summary.{k}": v for k, v in logs.get("summary", {}).items() if v is not None})
+        dead = logs.get("dead_components") or {}
+        client.set_tag(run_id, "dead_components", ", ".join(sorted(dead)) or "none")
+        _log_artifacts(client, run_id, [reports / f"{stage}_logs.json"], "")
+        if stage == "grpo":
+            components = _read_json(reports / "grpo_reward_components.json") or []
+            _log_artifacts(client, run_id, [reports / "grpo_reward_components.json"], "")
+            if components:
+                client.log_figure(run_id, reward_components_figure(components), "plots/reward_components.png")
+        log.info("mlflow: %d %s metric points logged", n, stage)
+    elif stage == "evaluate":
+        report = _read_json(reports / "eval.json") or {}
+        log_metrics(client, run_id, {f"{ckpt}.{k}": v for ckpt, m in report.items() for k, v in m.items()})
+        predictions = sorted(reports.glob("predictions_*.jsonl"))
+        _log_artifacts(client, run_id, [reports / "eval.json", *predictions], "")
+        grpo = reports / "predictions_grpo.jsonl"
+        if grpo.is_file():
+            from tasks.data import read_jsonl
+
+            figure = score_heatmap(read_jsonl(grpo), p.task.min_score, p.task.max_score)
+            client.log_figure(run_id, figure, "plots/heldout_score_heatmap.png")
+
+
+def _log_artifacts(client: Any, run_id: str, files: Iterable[Path], folder: str) -> None:
+    for f in files:
+        if f.is_file():
+            client.log_artifact(run_id, str(f), folder or None)
+
+
+# --- plots ------------------------------------------------------------------------------------------------------
+
+
+def reward_components_figure(components: list[dict[str, float]]) -> Any:
+    """Mean of every reward component per GRPO logging step (the article's per-component view)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [c["step"] for c in components]
+    for name in (k for k in components[0] if k != "step"):
+        ax.plot(steps, [c[name] for c in components], label=name)
+    ax.set(xlabel="GRPO step", ylabel="mean reward", title="GRPO reward components")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def score_heatmap(records: list[dict[str, Any]], min_score: int, max_score: int) -> Any:
+    """Held-out predicted vs true score, counted per item; structurally failed answers are left out (and counted
+    in the title)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    size = max_score - min_score + 1
+    counts = np.zeros((size, size), dtype=int)
+    failed = 0
+    for r in records:
+        if r.get("structural_failure"):
+            failed += 1
+            continue
+        for pred, true in zip(r["prediction"], r["scores"], strict=True):
+            if min_score <= pred <= max_score:
+                counts[true - min_score, pred - min_score] += 1
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    image = ax.imshow(counts, cmap="Blues")
+    ticks = range(size)
+    labels = [str(min_score + i) for i in ticks]
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=labels, yticklabels=labels, xlabel="predicted", ylabel="true")
+    ax.set_title(f"held-out scores, GRPO model ({failed} of {len(records)} answers unparseable)", fontsize="small")
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize="x-small")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,52 @@
+"""A temporary git + DVC copy of the project with tiny params, for tests that run the pipeline for real."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "task": {"n_train": 64, "n_heldout": 16},
+    "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+    "sft": {"max_steps": 3, "batch_size": 8, "logging_steps": 1},
+    "grpo": {"max_steps": 2, "prompts_per_step": 2, "logging_steps": 1},
+    "evaluate": {"batch_size": 8},
+}
+
+
+def sh(args, cwd, env, check=True):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def set_params(repo: Path, changes: dict) -> None:
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in changes.items():
+        raw[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def make_repo(repo: Path, generate: bool = True):
+    """A git + DVC repository with the project's tracked files, tiny params (and generated data)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    files = sh(["git", "ls-files"], ROOT, env).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / name, repo / name)
+    set_params(repo, TINY)
+    sh(["git", "init", "-q"], repo, env)
+    sh(["rewardflow", "data", "generate"], repo, env)
+    sh(["dvc", "add", "-q", "data"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)
+    if not generate:  # as on a fresh clone: data.dvc pins files that are not there yet
+        shutil.rmtree(repo / "data")
+        shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
+    return repo, env

@@ -1,0 +1,318 @@
+"""The Prefect pipeline for real: Prefect's test harness, MLflow on a SQLite file, DVC in a temporary git repository
+holding a copy of the project with tiny params. Tests in this module run in order on one project."""
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from project import make_repo, set_params, sh
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, harness):
+    """The project in a temporary repository, as the working directory, with the default local MLflow store."""
+    repo, env = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    cwd, saved_uri = Path.cwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(repo)
+    try:
+        yield repo, env
+    finally:
+        os.chdir(cwd)
+        if saved_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+
+
+def _client(repo):
+    import mlflow
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    return mlflow.MlflowClient(uri, uri)
+
+
+def _runs(client, parent_id):
+    runs = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    return {r.info.run_name: r for r in runs}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_first_run_trains_tracks_and_registers_a_champion(project):
+    from flows.pipeline import training_pipeline
+
+    repo, env = project
+    summary = training_pipeline()
+
+    # every stage ran, DVC recorded each one: the repository is as `dvc repro` would leave it
+    assert [(name, status) for name, status, _ in summary["stages"]] == [
+        ("validate", "ran"),
+        ("sft", "ran"),
+        ("grpo", "ran"),
+        ("evaluate", "ran"),
+    ]
+    assert json.loads(sh(["dvc", "status", "--json"], repo, env).stdout) == {}
+    assert summary["model_version"] == "1" and summary["promoted"]
+
+    # MLflow: one parent run with the resolved params and lineage tags, a nested run per stage
+    client = _client(repo)
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["grpo.num_generations"] == "4" and parent.data.params["sft.max_steps"] == "3"
+    assert parent.data.tags["data_hash"] and parent.data.tags["params_hash"] and parent.data.tags["git_commit"]
+    assert "dvc.lock" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    stages = _runs(client, parent.info.run_id)
+    assert set(stages) == {"validate", "sft", "grpo", "evaluate", "register"}
+    assert all(r.info.status == "FINISHED" for r in stages.values())
+
+    # per-step training metrics, including every reward component's mean and std (2 GRPO steps, logged each)
+    grpo = stages["grpo"].info.run_id
+    for key in ("rewards/exact_match/mean", "rewards/format/std", "reward_stats/combined/mean", "loss"):
+        history = client.get_metric_history(grpo, key)
+        assert [m.step for m in history] == [1, 2], key
+    assert len(client.get_metric_history(stages["sft"].info.run_id, "loss")) == 3
+    assert stages["grpo"].data.params["grpo.temperature"] == "0.7"
+
+    # eval metrics, reports and plots as artifacts
+    report = json.loads((repo / "reports/eval.json").read_text())
+    assert stages["evaluate"].data.metrics["grpo.within_1"] == pytest.approx(report["grpo"]["within_1"])
+    artifacts = {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id, "plots")}
+    assert artifacts == {"plots/heldout_score_heatmap.png"}
+    assert {a.path for a in client.list_artifacts(grpo, "plots")} == {"plots/reward_components.png"}
+    docs = {a.path for a in client.list_artifacts(stages["validate"].info.run_id, "data_docs")}
+    assert "data_docs/index.html" in docs
+
+    # the registered version: champion, with metrics, lineage and the dvc.lock hashes it was built from
+    version = client.get_model_version_by_alias("rewardflow-scorer", "champion")
+    assert str(version.version) == "1"
+    tags = version.tags
+    assert tags["source_run_id"] == grpo
+    assert float(tags["metric.within_1"]) == pytest.approx(report["grpo"]["within_1"])
+    assert tags["promotion_decision"] == "promoted" and tags["promotion_reason"].startswith("first model")
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    grpo_out = next(o for o in lock["stages"]["grpo"]["outs"] if o["path"] == "models/grpo")
+    assert tags["dvc.models/grpo"] == grpo_out["md5"]
+    assert tags["dvc.data"] == yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    assert tags["data_hash"] == parent.data.tags["data_hash"]
+
+
+def test_prefect_artifacts_show_the_evaluation_and_the_decision(project):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as prefect:
+        found = {
+            key: prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            for key in ("evaluation", "promotion")
+        }
+    table = found["evaluation"][0].data
+    assert "| within_1 |" in table and "grpo" in table and "sft" in table
+    assert "first model" in found["promotion"][0].data
+
+
+def test_unchanged_rerun_runs_no_stage_and_registers_nothing(project):
+    from flows.pipeline import training_pipeline
+
+    repo, env = project
+    started = time.perf_counter()
+    summary = training_pipeline()
+    assert [status for _, status, _ in summary["stages"]] == ["skipped"] * 4
+    assert summary["registration"].startswith("already registered as version 1")
+    assert len(_client(repo).search_model_versions("name = 'rewardflow-scorer'")) == 1
+    assert time.perf_counter() - started < 60
+    stages = _runs(_client(repo), summary["mlflow_run_id"])
+    assert stages["grpo"].data.tags["skipped"] == "true"
+    assert stages["register"].data.tags["skipped"] == "true"
+
+
+def test_retraining_skips_when_the_data_is_what_the_champion_was_trained_on(project):
+    from flows.retrain import retraining_flow
+
+    result = retraining_flow()
+    assert "equals the one champion v1 was trained on" in result["skipped"]
+
+
+def test_grpo_param_change_reruns_grpo_and_gates_the_new_version(project):
+    """Only grpo and evaluate run again; the new version is registered as challenger and compared with v1."""
+    from flows.pipeline import training_pipeline
+
+    repo, env = project
+    set_params(repo, {"grpo": {"temperature": 0.9}})
+    summary = training_pipeline()
+    assert [s for _, s, _ in summary["stages"]] == ["skipped", "skipped", "ran", "ran"]
+    client = _client(repo)
+    v2 = client.get_model_version("rewardflow-scorer", "2")
+    assert str(client.get_model_version_by_alias("rewardflow-scorer", "challenger").version) == "2"
+    assert v2.tags["promotion_decision"] in ("promoted", "rejected")
+    assert "vs champion v1" in v2.tags["promotion_reason"]
+    champion = str(client.get_model_version_by_alias("rewardflow-scorer", "champion").version)
+    assert champion == ("2" if v2.tags["promotion_decision"] == "promoted" else "1")
+    assert json.loads(sh(["dvc", "status", "--json"], repo, env).stdout) == {}
+
+
+def test_cli_status_promote_and_rollback(project):
+    from prefect.settings import PREFECT_API_URL
+
+    repo, env = project
+    env = {**env, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the harness's server, not a new temporary one
+    status = sh(["rewardflow", "status"], repo, env).stdout
+    assert "champion: version" in status and "challenger: version 2" in status and "metrics: " in status
+    sh(["rewardflow", "promote", "--version", "2", "--reason", "test"], repo, env)
+    client = _client(repo)
+    assert str(client.get_model_version_by_alias("rewardflow-scorer", "champion").version) == "2"
+    back = sh(["rewardflow", "rollback"], repo, env)
+    assert "v2 -> v1" in back.stdout
+    assert str(client.get_model_version_by_alias("rewardflow-scorer", "champion").version) == "1"
+    assert client.get_model_version("rewardflow-scorer", "2").tags["rolled_back"] == "true"
+    # v1 is now the only champion in the history: nothing left to roll back to, said plainly
+    again = sh(["rewardflow", "rollback"], repo, env, check=False)
+    assert again.returncode == 1 and "nothing to roll back to" in again.stderr
+    missing = sh(["rewardflow", "promote", "--version", "99"], repo, env, check=False)
+    assert missing.returncode == 1 and "no version 99" in missing.stderr
+
+
+def test_bad_data_fails_at_once_and_registers_nothing(project):
+    from flows.pipeline import training_pipeline
+    from tasks.validation import ValidationFailed
+
+    repo, env = project
+    train = repo / "data" / "train.jsonl"
+    lines = train.read_text().splitlines()
+    row = json.loads(lines[0])
+    row["scores"] = [0, 0, 0, 0]
+    lines[0] = json.dumps(row)
+    train.write_text("\n".join(lines) + "\n")
+    before = len(_client(repo).search_model_versions("name = 'rewardflow-scorer'"))
+    started = time.perf_counter()
+    with pytest.raises(ValidationFailed, match="train.jsonl:1"):
+        training_pipeline()
+    assert time.perf_counter() - started < 60  # no retries of the failed gate
+    assert len(_client(repo).search_model_versions("name = 'rewardflow-scorer'")) == before
+    failed = _client(repo).search_runs(
+        [_client(repo).get_experiment_by_name("rewardflow").experiment_id],
+        filter_string="tags.stage = 'validate'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    assert failed.info.status == "FAILED"
+    sh(["git", "checkout", "-q", "--", "data.dvc"], repo, env)
+    sh(["dvc", "checkout", "-q", "--force", "data.dvc"], repo, env)
+
+
+def test_unreachable_tracking_server_fails_fast_and_trains_nothing(project, monkeypatch):
+    from flows.pipeline import training_pipeline
+    from tasks.tracking import TrackingUnavailable
+
+    repo, env = project
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    set_params(repo, {"sft": {"max_steps": 4}})  # sft would run if the pipeline got that far
+    lock = (repo / "dvc.lock").read_text()
+    started = time.perf_counter()
+    with pytest.raises(TrackingUnavailable, match="unreachable"):
+        training_pipeline()
+    assert time.perf_counter() - started < 30
+    assert (repo / "dvc.lock").read_text() == lock
+
+
+def test_retraining_deployment_is_served_on_its_cron_schedule(project):
+    """The deployment `rewardflow serve` serves, applied to the harness's Prefect server, has the cron schedule;
+    prefect.yaml declares the same flow and schedule for a work pool."""
+    from prefect.client.orchestration import get_client
+
+    from flows.retrain import DEFAULT_CRON, deployment
+
+    deployment_id = deployment("0 3 * * 1").apply()
+    with get_client(sync_client=True) as prefect:
+        served = prefect.read_deployment(deployment_id)
+    assert served.name == "scheduled-retraining"
+    assert [s.schedule.cron for s in served.schedules] == ["0 3 * * 1"]
+    assert served.parameters == {"params_file": "params.yaml", "force": False}
+    declared = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())["deployments"][0]
+    assert declared["entrypoint"] == "flows/retrain.py:retraining_flow"
+    assert declared["schedules"][0]["cron"] == DEFAULT_CRON and declared["name"] == served.name
+
+
+def test_pipeline_against_a_real_mlflow_server(project, tmp_path, monkeypatch):
+    """`mlflow server` on 127.0.0.1 as the tracking server and registry: the pipeline registers the (DVC-current)
+    model there, and a fresh process loads the champion from it and predicts scores."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from flows.pipeline import training_pipeline
+
+    repo, env = project
+    sh(["git", "checkout", "-q", "--", "params.yaml"], repo, env)
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "art"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"mlflow server did not start: {server.stderr.read() if server.poll() else ''}"
+                    ) from None
+                time.sleep(1)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        summary = training_pipeline()
+        assert summary["model_version"] == "1" and summary["promoted"]
+        load = (
+            "import mlflow, json; m = mlflow.pyfunc.load_model('models:/rewardflow-scorer@champion'); "
+            "print(json.dumps(m.predict(['review : food : superb . service : rude . price : okay . ambience : '"
+            "'cold . rate food service price ambience from 1 to 5 :'])))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", load],
+            cwd=tmp_path,
+            env={**env, "MLFLOW_TRACKING_URI": uri},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert out.returncode == 0, out.stderr
+        (scores,) = json.loads(out.stdout.strip().splitlines()[-1])
+        assert isinstance(scores, list) and all(isinstance(s, int) for s in scores)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
