@@ -81,7 +81,8 @@ class LogCapture:
                 if logs:
                     outer.on_log(state.global_step, logs)
                     shown = ", ".join(f"{k} {logs[k]:.4g}" for k in outer.PROGRESS_KEYS if k in logs)
-                    log.info("%s step %d/%d: %s", outer.label, state.global_step, state.max_steps, shown)
+                    if shown:  # the end-of-training summary log has none of them
+                        log.info("%s step %d/%d: %s", outer.label, state.global_step, state.max_steps, shown)
 
         self.callback = _Callback()
 
