@@ -111,3 +111,13 @@ def test_reward_weight_experiment(repo):
     weight, mae = header.index("reward.exact_match_weight"), header.index("grpo.mae")
     exp_row = next(r for r in rows if r[0] == "em05")
     assert float(exp_row[weight]) == 0.5 and float(exp_row[mae]) >= 0.0
+
+    # a queued sweep: two more weights, run by DVC's queue worker, compared side by side
+    for weight in (0.1, 0.7):
+        _sh(["dvc", "exp", "run", "--queue", "-S", f"reward.exact_match_weight={weight}"], repo, env)
+    _sh(["dvc", "exp", "run", "--run-all", "-j", "1"], repo, env)
+    header, *rows = csv.reader(io.StringIO(_sh(["dvc", "exp", "show", "--csv"], repo, env).stdout))
+    state, weight = header.index("State"), header.index("reward.exact_match_weight")
+    swept = {float(r[weight]): r for r in rows if r[state] == "Success"}
+    assert {0.1, 0.7} <= set(swept)
+    assert all(float(swept[w][mae]) >= 0.0 for w in (0.1, 0.7))
