@@ -147,7 +147,7 @@ def _print_summary(summary: dict, seconds: float) -> None:
     typer.echo(
         f"\npipeline finished in {seconds:.1f}s. Where to look next:\n"
         f"  MLflow UI:   make ui  (mlflow ui --backend-store-uri {uri} --host 127.0.0.1)\n"
-        f"               pipeline run {summary['mlflow_run_id']}\n"
+        f"               pipeline run {summary['mlflow_run_id'] or 'none (nothing changed, no flow started)'}\n"
         "  Prefect UI:  prefect server start, then http://127.0.0.1:4200 (`rewardflow serve` runs appear there)\n"
         "  registry:    rewardflow status; load with mlflow.pyfunc.load_model('models:/<name>@champion')\n"
         "  reports:     reports/eval.json, reports/data_docs/index.html; `dvc metrics show`, `dvc plots show`"
@@ -155,17 +155,28 @@ def _print_summary(summary: dict, seconds: float) -> None:
 
 
 @app.command("run")
-def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Run the pipeline flow: validate, sft, grpo, evaluate, register. Stages DVC sees as up to date are skipped."""
+def run(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    always_flow: Annotated[
+        bool, typer.Option("--always-flow", help="start the Prefect flow (and record a run) even when nothing changed")
+    ] = False,
+) -> None:
+    """Run the pipeline flow: validate, sft, grpo, evaluate, register. Stages DVC sees as up to date are skipped;
+    when nothing changed at all, no flow starts."""
     import time
 
     _load(params, set_)  # a bad params file fails here, before any server starts
-    from flows.pipeline import training_pipeline
+    from flows.unchanged import unchanged_summary
     from tasks.tracking import TrackingUnavailable
 
     started = time.perf_counter()
     try:
-        summary = training_pipeline(str(params), list(set_ or []))
+        summary = None if always_flow else unchanged_summary(str(params), set_)
+        if summary is None:
+            from flows.pipeline import training_pipeline
+
+            summary = training_pipeline(str(params), list(set_ or []))
     except (TrackingUnavailable, ValidationFailed, DataFileError, FileNotFoundError, ValueError, OSError) as err:
         typer.secho(f"pipeline failed: {err}", err=True, fg="red")
         raise typer.Exit(1) from None

@@ -179,12 +179,6 @@ def publish(pipe: Pipeline, results: Sequence[StageResult], registration: Any) -
 # --- the flow ---------------------------------------------------------------------------------------------------
 
 
-def lineage_for(params_file: str, overrides: Sequence[str] | None) -> Lineage:
-    """DVC's view of the project in the working directory; inactive when params differ from params.yaml."""
-    root = Path.cwd()
-    return Lineage(root, overridden=bool(overrides) or Path(params_file).resolve() != root / "params.yaml")
-
-
 @contextmanager
 def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
     """The MLflow parent run around a pipeline run: FINISHED when the body succeeds, FAILED when it raises."""
@@ -211,7 +205,7 @@ def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
 def training_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """validate -> sft -> grpo -> evaluate -> register, each skipped when DVC says it is up to date."""
     p = load_params(params_file, overrides or ())
-    lineage = lineage_for(params_file, overrides)
+    lineage = Lineage.for_params(params_file, overrides)
     prepare_data(p, lineage)
     with tracked_pipeline(p, lineage) as pipe:
         results = []

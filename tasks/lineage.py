@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,12 @@ class Lineage:
                 "(use `dvc exp run -S key=value` for tracked experiments)"
             )
 
+    @classmethod
+    def for_params(cls, params_file: str | Path, overrides: Sequence[str] | None = None) -> Lineage:
+        """DVC's view of the project in the working directory; inactive when params differ from params.yaml."""
+        root = Path.cwd()
+        return cls(root, overridden=bool(overrides) or Path(params_file).resolve() != root / "params.yaml")
+
     def _repo(self):
         from dvc.repo import Repo
 
@@ -39,6 +46,13 @@ class Lineage:
             return False
         with self._repo() as repo:
             return not repo.status(targets=[stage])
+
+    def all_current(self, stages: list[str]) -> bool:
+        """True when DVC sees every stage (and the data pin) unchanged: one `dvc status` for the whole pipeline."""
+        if not self.active:
+            return False
+        with self._repo() as repo:
+            return not repo.status(targets=stages)
 
     def record(self, stage: str) -> None:
         """Cache the stage's outputs and write its entry in dvc.lock (what `dvc repro` does after running it)."""

@@ -143,6 +143,21 @@ def test_unchanged_rerun_runs_no_stage_and_registers_nothing(project):
     assert stages["register"].data.tags["skipped"] == "true"
 
 
+def test_nothing_changed_is_answered_without_starting_prefect(project):
+    """`rewardflow run`'s fast path: every stage current and the checkpoint registered -> the summary, and not even
+    an import of Prefect (its temporary server is most of an unchanged re-run's time)."""
+    import subprocess
+    import sys
+
+    repo, env = project
+    code = (
+        "import sys; from flows.unchanged import unchanged_summary; s = unchanged_summary(); "
+        "print(s['model_version'], [x[1] for x in s['stages']], 'prefect' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[-2] == "1 ['skipped', 'skipped', 'skipped', 'skipped'] False", out.stderr
+
+
 def test_retraining_skips_when_the_data_is_what_the_champion_was_trained_on(project):
     from flows.retrain import retraining_flow
 
@@ -156,6 +171,9 @@ def test_grpo_param_change_reruns_grpo_and_gates_the_new_version(project):
 
     repo, env = project
     set_params(repo, {"grpo": {"temperature": 0.9}})
+    from flows.unchanged import unchanged_summary
+
+    assert unchanged_summary() is None  # something changed: the flow must run
     summary = training_pipeline()
     assert [s for _, s, _ in summary["stages"]] == ["skipped", "skipped", "ran", "ran"]
     client = _client(repo)

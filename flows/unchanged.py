@@ -1,0 +1,50 @@
+"""The fast path of `rewardflow run`: when nothing changed, say so without starting Prefect.
+
+Kept apart from flows/pipeline.py so that answering "nothing to do" never imports Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from tasks import tracking
+from tasks.config import load_params
+from tasks.lineage import Lineage
+from tasks.stages import STAGES
+
+
+def unchanged_summary(params_file: str = "params.yaml", overrides: Sequence[str] | None = None) -> dict | None:
+    """The pipeline's summary when a run would do nothing: DVC sees every stage current and the GRPO checkpoint in
+    dvc.lock is already registered with its gate decision. None when anything would run (then the flow runs).
+
+    Answering this before the flow saves the ~10 s a temporary Prefect server costs to start; such a run records
+    nothing in Prefect or MLflow, because nothing happened.
+    """
+    from mlflow.exceptions import MlflowException
+
+    p = load_params(params_file, overrides or ())
+    lineage = Lineage.for_params(params_file, overrides)
+    data = (Path(p.paths.train_file), Path(p.paths.heldout_file))
+    if not all(f.exists() for f in data) or not lineage.all_current(list(STAGES)):
+        return None
+    grpo_md5 = tracking.dvc_lock_hashes(lineage.root).get(f"{p.paths.models_dir}/grpo")
+    try:
+        versions = tracking.open_client(lineage.root).search_model_versions(f"name = '{p.register.model_name}'")
+    except MlflowException:
+        return None
+    done = [v for v in versions if grpo_md5 and v.tags.get(f"dvc.{p.paths.models_dir}/grpo") == grpo_md5]
+    done = [v for v in done if "promotion_decision" in v.tags]
+    if not done:
+        return None
+    version = str(min(int(v.version) for v in done))
+    return {
+        "stages": [(name, "skipped", 0.0) for name in STAGES],
+        "metrics": json.loads((Path(p.paths.reports_dir) / "eval.json").read_text()),
+        "registration": f"already registered as version {version} (nothing changed; no flow run)",
+        "model_version": version,
+        "promoted": False,
+        "mlflow_run_id": None,
+        "tracking_uri": tracking.tracking_uri(lineage.root),
+    }
