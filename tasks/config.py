@@ -8,6 +8,7 @@ Overrides use DVC's syntax: `--set grpo.temperature=0.8`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -21,6 +22,18 @@ import yaml
 from tasks.rewards import RewardConfig
 
 REWARD_MODES = ("multi", "binary", "exact")
+# transformers' schedulers that need no extra arguments
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+# scheme://user:password@host: a credential that must not be committed with params.yaml
+_CREDENTIAL_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 BUILTIN_PREFIX = "builtin:"
 
@@ -41,6 +54,10 @@ class PathsConfig:
     heldout_file: str
     models_dir: str
     reports_dir: str
+
+    def __post_init__(self) -> None:
+        for key, value in dataclasses.asdict(self).items():
+            _check(bool(value.strip()), key, "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,10 @@ class RewardParams(RewardConfig):
         super().__post_init__()
         _check(self.mode in REWARD_MODES, "mode", f"must be one of {', '.join(REWARD_MODES)} (got {self.mode!r})")
         _check(self.binary_tolerance >= 0, "binary_tolerance", f"must be >= 0 (got {self.binary_tolerance})")
+        # a negative weight or bonus, or a positive penalty, would reward worse answers
+        for key in ("exact_match_weight", "off_by_1_weight", "mae_weight", "format_weight", "perfect_bonus"):
+            _check(getattr(self, key) >= 0, key, f"must be >= 0 (got {getattr(self, key)})")
+        _check(self.structural_penalty <= 0, "structural_penalty", f"must be <= 0 (got {self.structural_penalty})")
 
     @property
     def config(self) -> RewardConfig:
@@ -118,6 +139,7 @@ class LoraConfig:
             f"must be true, false or auto (got {self.enabled!r})",
         )
         _check(self.r >= 1, "r", f"must be >= 1 (got {self.r})")
+        _check(self.alpha >= 1, "alpha", f"must be >= 1 (got {self.alpha})")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
         _check(len(self.target_modules) >= 1, "target_modules", "must name at least one module")
 
@@ -134,6 +156,8 @@ class SftConfig:
     warmup_ratio: float
     lr_scheduler: str
     logging_steps: int
+    # a resumable checkpoint every save_steps steps (and at the last step); a killed run resumes from the last one
+    save_steps: int
     lora: LoraConfig
 
     def __post_init__(self) -> None:
@@ -142,7 +166,13 @@ class SftConfig:
         _check(self.learning_rate > 0, "learning_rate", f"must be > 0 (got {self.learning_rate})")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0 (got {self.weight_decay})")
         _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio})")
+        _check(
+            self.lr_scheduler in LR_SCHEDULERS,
+            "lr_scheduler",
+            f"must be one of {', '.join(LR_SCHEDULERS)} (got {self.lr_scheduler!r})",
+        )
         _check(self.logging_steps >= 1, "logging_steps", f"must be >= 1 (got {self.logging_steps})")
+        _check(self.save_steps >= 1, "save_steps", f"must be >= 1 (got {self.save_steps})")
 
 
 @dataclass(frozen=True)
@@ -157,6 +187,8 @@ class GrpoConfig:
     min_std: float
     min_unique_ratio: float
     logging_steps: int
+    # a resumable checkpoint every save_steps steps (and at the last step); a killed run resumes from the last one
+    save_steps: int
     dead_window: int
     dead_low: float
     dead_high: float
@@ -177,6 +209,7 @@ class GrpoConfig:
         _check(self.min_std >= 0, "min_std", f"must be >= 0 (got {self.min_std})")
         _check(0.0 <= self.min_unique_ratio <= 1.0, "min_unique_ratio", "must be in [0, 1]")
         _check(self.logging_steps >= 1, "logging_steps", f"must be >= 1 (got {self.logging_steps})")
+        _check(self.save_steps >= 1, "save_steps", f"must be >= 1 (got {self.save_steps})")
         _check(self.dead_window >= 1, "dead_window", f"must be >= 1 (got {self.dead_window})")
         _check(
             0.0 <= self.dead_low < self.dead_high <= 1.0,
@@ -263,6 +296,10 @@ class Params:
     tracking: TrackingConfig
     register: RegisterConfig
 
+    def __post_init__(self) -> None:
+        # numpy's generator, which set_seed seeds too, takes 0 <= seed < 2**32
+        _check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32) (got {self.seed})")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -293,7 +330,15 @@ def _coerce(value: Any, tp: Any, key: str, file: str) -> Any:
         return tuple(_coerce(v, item_type, f"{key}[{i}]", file) for i, v in enumerate(value))
     if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
         # YAML 1.1 reads 3e-4 (no dot) as a string; it is plainly meant as a number.
-        return float(value)
+        value = float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        # .nan passes no range check (every comparison is False) and .inf passes "> 0": refuse both here
+        raise ParamsError(f"{file}: {key} must be a finite number, got {value!r}")
+    if tp is str and isinstance(value, str) and _CREDENTIAL_URL_RE.search(value):
+        raise ParamsError(
+            f"{file}: {key} holds a URL with a password; params are committed to git and logged with every run: "
+            "pass credentials through the environment instead (e.g. MLFLOW_TRACKING_USERNAME/PASSWORD)"
+        )
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

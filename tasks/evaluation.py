@@ -127,7 +127,7 @@ def evaluate_checkpoint(model_dir: str | Path, p: Params, rows: list[dict[str, A
     """Held-out metrics and per-example records of one saved checkpoint."""
     from tasks.modeling import load_pretrained
 
-    model, tokenizer = load_pretrained(model_dir)
+    model, tokenizer = load_pretrained(model_dir, p.model.trust_remote_code)
     prompts = [r["prompt"] for r in rows]
 
     def progress(done: int, total: int) -> None:

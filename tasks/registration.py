@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,54 +39,62 @@ class RegisterResult:
         return f"version {self.version} registered -> {verdict}: {reason}"
 
 
-def find_version(client: Any, model_name: str, source_run_id: str) -> str | None:
-    """The version registered from this training run, if any."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = '{model_name}'")
-    except MlflowException:
-        return None
-    found = [v.version for v in versions if (v.tags or {}).get("source_run_id") == source_run_id]
-    return str(min(found, key=int)) if found else None
-
-
-def champion_on_heldout(client: Any, p: Params, heldout_hash: str) -> tuple[str | None, dict[str, float] | None]:
+def champion_on_heldout(p: Params, heldout_hash: str) -> Callable[[str, dict[str, float] | None, dict], Any]:
     """The champion's held-out metrics on the current held-out file: its recorded ones when it was evaluated on
-    the same bytes, otherwise a fresh evaluation of its checkpoint with the same code as evaluate."""
-    version, metrics, tags = registry.champion_metrics(client, p.register.model_name)
-    if version is None or tags.get("heldout_hash") == heldout_hash:
-        return version, metrics
-    import mlflow
+    the same bytes, otherwise a fresh evaluation of its checkpoint with the same code as evaluate (cached)."""
+    evaluated: dict[str, dict[str, float]] = {}
 
-    from tasks.data import read_jsonl
-    from tasks.evaluation import evaluate_checkpoint
+    def metrics_of(version: str, recorded: dict[str, float] | None, tags: dict[str, str]) -> dict[str, float] | None:
+        if tags.get("heldout_hash") == heldout_hash:
+            return recorded
+        if version not in evaluated:
+            import mlflow
 
-    log.info("register: champion v%s was evaluated on other held-out data; re-evaluating it on this file", version)
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{p.register.model_name}/{version}"))
-    metrics, _ = evaluate_checkpoint(local / "artifacts" / "model", p, read_jsonl(p.paths.heldout_file))
-    return version, metrics
+            from tasks.data import read_jsonl
+            from tasks.evaluation import evaluate_checkpoint
+
+            log.info(
+                "register: champion v%s was evaluated on other held-out data; re-evaluating it on this file", version
+            )
+            local = Path(mlflow.artifacts.download_artifacts(f"models:/{p.register.model_name}/{version}"))
+            evaluated[version], _ = evaluate_checkpoint(
+                local / "artifacts" / "model", p, read_jsonl(p.paths.heldout_file)
+            )
+        return evaluated[version]
+
+    return metrics_of
 
 
 def run_register(
     client: Any, p: Params, run_id: str, source_run_id: str, lineage: dict[str, str], root: str | Path = "."
 ) -> RegisterResult:
-    """Register models/grpo unless its training run already has a version; then gate it against the champion."""
+    """Register models/grpo unless its training run already has a version; then gate it against the champion.
+    Re-running after a crash anywhere in here finishes the job (registry.register_and_gate)."""
     import mlflow
 
     from tasks.data import read_jsonl
 
     name = p.register.model_name
-    existing = find_version(client, name, source_run_id)
-    if existing is not None and "promotion_decision" in client.get_model_version(name, existing).tags:
-        log.info("register: training run %s is already version %s of %s; nothing to do", source_run_id, existing, name)
-        return RegisterResult(existing, False, source_run_id)
+    existing = registry.find_version(client, name, source_run_id)
+    if existing is not None and existing.tags.get(registry.DECISION_TAG) in registry.FINAL_DECISIONS:
+        log.info(
+            "register: training run %s is already version %s of %s; nothing to do",
+            source_run_id,
+            existing.version,
+            name,
+        )
+        return RegisterResult(str(existing.version), False, source_run_id)
     report = json.loads((Path(p.paths.reports_dir) / "eval.json").read_text())
     if "grpo" not in report:
         raise ValueError(f"{p.paths.reports_dir}/eval.json has no grpo metrics; run the evaluate stage first")
     metrics = {k: float(v) for k, v in report["grpo"].items()}
-    champion_version, champion = champion_on_heldout(client, p, lineage["heldout_hash"])
+    champion_of = champion_on_heldout(p, lineage["heldout_hash"])
+    # the slow part (re-evaluating a champion from other held-out data) before the registry lock is taken
+    champion_version, recorded, champion_tags = registry.champion_metrics(client, name)
+    if champion_version is not None:
+        champion_of(champion_version, recorded, champion_tags)
 
+    model_uri, tags = None, {}
     if existing is None:
         with mlflow.start_run(run_id=run_id):
             info = registry.log_score_model(
@@ -94,14 +103,13 @@ def run_register(
                 max_new_tokens=p.evaluate.max_new_tokens,
                 input_example=[row["prompt"] for row in read_jsonl(p.paths.heldout_file)[:2]],
             )
+        model_uri = info.model_uri
         hashes = {f"dvc.{path}": md5 for path, md5 in tracking.dvc_lock_hashes(root).items()}
         tags = {**lineage, **hashes, **{f"metric.{k}": repr(v) for k, v in metrics.items()}}
-        version = str(registry.register_challenger(client, name, info.model_uri, source_run_id, tags)[0].version)
-    else:
-        # An earlier run registered this version and stopped before the gate: decide now, register nothing new.
-        log.warning("register: version %s of %s has no promotion decision yet; deciding now", existing, name)
-        version = existing
-    decision = registry.decide_promotion(metrics, champion, p.register, champion_version)
-    registry.apply_decision(client, name, version, decision)
+    version, decision, champion = registry.register_and_gate(
+        client, name, source_run_id, model_uri, tags, metrics, p.register, champion_of
+    )
+    if decision is None:  # another process finished it meanwhile
+        return RegisterResult(version, False, source_run_id)
     log.info("register: %s version %s: %s", name, version, decision.reason)
-    return RegisterResult(version, True, source_run_id, decision, champion_version, champion, metrics)
+    return RegisterResult(version, True, source_run_id, decision, decision.champion_version, champion, metrics)

@@ -5,6 +5,11 @@ Each registered version carries its held-out metrics as tags `metric.<name>` and
 `challenger`; it takes the alias `champion` only when it beats the champion on the primary metric by the
 configured margin. The registered model's tag `champion_history` (a JSON list, newest last) is what
 rollback walks back through.
+
+Concurrency and crashes: everything that reads the champion and moves an alias runs under `gate_lock` (one holder
+per registered model, across processes and machines), and every multi-step change writes its commit point last (a
+version's final `promotion_decision`), so a re-run after a crash finishes the job without a second version or a
+wrong alias. docs/RELIABILITY.md lists the faults tried.
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
+import socket
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +40,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
 from tasks.config import RegisterConfig
+from tasks.tracking import TrackingUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +68,15 @@ OFFLINE_LOGGING_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 _READY_TIMEOUT_S = 300
+# A version's gate is over once it carries one of these; without one, a re-run gates it again.
+FINAL_DECISIONS = ("promoted", "rejected")
+DECISION_TAG = "promotion_decision"
+# The registry lock: a registered model of this name exists while someone holds the lock of <model>.
+LOCK_SUFFIX = ".gate-lock"
+# A holder normally keeps the lock for well under a second (the champion's re-evaluation, the slow part, happens
+# before it). After _LOCK_TTL_S a lock whose holder cannot be checked (another machine) counts as abandoned.
+_LOCK_TTL_S = 300
+_LOCK_WAIT_S = 330
 
 
 class ScorePredictor(mlflow.pyfunc.PythonModel):
@@ -235,7 +254,133 @@ def _wait_ready(client, model_name: str, version: str) -> ModelVersion:
         time.sleep(1)
 
 
+# --- the registry lock ---------------------------------------------------------------------------------
+
+
+class RegistryBusy(TrackingUnavailable):
+    """Another process held the registry lock of a model for longer than we could wait."""
+
+
+# (thread, registry, lock name) -> depth: the lock is re-entrant within a thread
+_held: dict[tuple[int, str, str], int] = {}
+
+
+@contextlib.contextmanager
+def gate_lock(client, model_name: str, wait_s: float = _LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the registry lock of model_name: one holder at a time, across processes and machines.
+
+    Why a lock: two gates that read the same champion, both decide to promote and both move the alias leave the
+    later writer as champion, even when it is the worse one; re-reading after the write cannot fix that, because
+    the better one may have checked and left before the worse one writes. MLflow has no lock or compare-and-set,
+    but registered-model names are unique in every backend store (a unique key in SQL, checked in one
+    transaction), so creating the registered model `<model_name>.gate-lock` succeeds for exactly one caller;
+    deleting it releases the lock. A holder that died is detected (same host, its pid is gone) or, on another
+    machine, its lock expires after _LOCK_TTL_S.
+    """
+    name = f"{model_name}{LOCK_SUFFIX}"
+    key = (threading.get_ident(), str(getattr(client, "_registry_uri", "")), name)
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    _acquire(client, name, token, wait_s)
+    _held[key] = 1
+    try:
+        yield
+    finally:
+        del _held[key]
+        _release(client, name, token)
+
+
+def _lock_tags(client, name: str) -> dict[str, str] | None:
+    try:
+        return dict(client.get_registered_model(name).tags)
+    except MlflowException as err:
+        if _not_found(err):
+            return None
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _abandoned(tags: dict[str, str], now_ms: int) -> str | None:
+    """Why the lock with these tags has no live holder, or None while it may have one."""
+    owner = tags.get("owner", "")
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if int(tags.get("expires_ms") or 0) < now_ms:
+        return f"held by {owner}, expired"
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        return f"held by {owner}, a process that no longer exists"
+    return None
+
+
+def _acquire(client, name: str, token: str, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        now_ms = int(time.time() * 1000)
+        tags = {"owner": token, "acquired_ms": str(now_ms), "expires_ms": str(now_ms + _LOCK_TTL_S * 1000)}
+        try:
+            client.create_registered_model(name, tags=tags, description="rewardflow registry lock; see gate_lock")
+            return
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        holder = _lock_tags(client, name)
+        if holder is None:  # released in between: try again at once
+            continue
+        if holder.get("owner") == token:  # our create went through; only its answer was lost and retried
+            return
+        reason = _abandoned(holder, now_ms)
+        if reason:
+            # re-read just before deleting, so a lock someone else has just taken over is left alone
+            if (_lock_tags(client, name) or {}).get("owner") == holder.get("owner"):
+                log.warning("registry lock %s: breaking it (%s)", name, reason)
+                with contextlib.suppress(MlflowException):
+                    client.delete_registered_model(name)
+            continue
+        if time.monotonic() > deadline:
+            raise RegistryBusy(
+                f"registry lock {name} is held by {holder.get('owner')} (another pipeline registering or promoting); "
+                f"waited {wait_s:.0f}s. Re-run later; if no such process exists any more, delete the registered "
+                f"model {name} (it expires by itself {_LOCK_TTL_S}s after it was taken)"
+            )
+        time.sleep(random.uniform(0.05, 0.3))
+
+
+def _release(client, name: str, token: str) -> None:
+    holder = _lock_tags(client, name)
+    if holder is not None and holder.get("owner") == token:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(name)
+    else:
+        log.warning("registry lock %s was taken from us (held too long?); now held by %s", name, holder)
+
+
 # --- challenger ---------------------------------------------------------------------------------------
+
+
+def find_version(client, model_name: str, source_run_id: str) -> ModelVersion | None:
+    """The version registered from this training run, or None."""
+    try:
+        found = [v for v in _all_versions(client, model_name) if v.tags.get("source_run_id") == source_run_id]
+    except MlflowException as err:
+        if not _not_found(err):
+            raise
+        found = []
+    return found[0] if found else None
 
 
 def register_challenger(
@@ -243,32 +388,38 @@ def register_challenger(
 ) -> tuple[ModelVersion, bool]:
     """Register model_uri as a new version with alias challenger; (existing version, False) when this run's
     model is already registered."""
-    try:
-        existing = [v for v in _all_versions(client, model_name) if v.tags.get("source_run_id") == source_run_id]
-    except MlflowException as err:
-        if not _not_found(err):
-            raise
-        existing = []
-    if existing:
-        log.info("%s v%s is already registered from run %s", model_name, existing[0].version, source_run_id)
-        return existing[0], False
-    try:
-        client.create_registered_model(model_name)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    mv = client.create_model_version(
-        name=model_name,
-        source=model_uri,
-        run_id=source_run_id,
-        tags={**tags, "source_run_id": source_run_id},
-        model_id=model_id,
-    )
-    mv = _wait_ready(client, model_name, str(mv.version))
-    client.set_registered_model_alias(model_name, CHALLENGER, str(mv.version))
+    with gate_lock(client, model_name):  # two registrations of one run must not both find nothing and create
+        existing = find_version(client, model_name, source_run_id)
+        if existing is not None:
+            log.info("%s v%s is already registered from run %s", model_name, existing.version, source_run_id)
+            return existing, False
+        try:
+            client.create_registered_model(model_name)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        mv = client.create_model_version(
+            name=model_name,
+            source=model_uri,
+            run_id=source_run_id,
+            tags={**tags, "source_run_id": source_run_id},
+            model_id=model_id,
+        )
+        mv = _wait_ready(client, model_name, str(mv.version))
+        client.set_registered_model_alias(model_name, CHALLENGER, str(mv.version))
     log.info("registered %s v%s (run %s) as %s", model_name, mv.version, source_run_id, CHALLENGER)
     return mv, True
+
+
+def _resume_challenger(client, model_name: str, mv: ModelVersion) -> ModelVersion:
+    """A version an earlier run registered and left without a final decision: ready, and challenger unless a newer
+    version took the alias since."""
+    mv = _wait_ready(client, model_name, str(mv.version))
+    current = _alias(client, model_name, CHALLENGER)
+    if current is None or int(current) < int(mv.version):
+        client.set_registered_model_alias(model_name, CHALLENGER, str(mv.version))
+    return mv
 
 
 # --- the promotion gate -------------------------------------------------------------------------------
@@ -321,55 +472,140 @@ def decide_promotion(
 
 
 def apply_decision(client, model_name: str, version: str, decision: Decision) -> None:
-    """Record the gate's decision on the version's tags and promote it when the decision says so."""
+    """Record the gate's decision on the version's tags and promote it when the decision says so.
+
+    The final `promotion_decision` is written last: it is the commit point. A crash before it leaves the version
+    without one, and the next run gates it again (see `gate`). Call under `gate_lock`, as `gate` does."""
     verdict = "promoted" if decision.promote else "rejected"
-    client.set_model_version_tag(model_name, version, "promotion_decision", verdict)
     client.set_model_version_tag(model_name, version, "promotion_reason", decision.reason)
     champion_value = "none" if decision.champion_value is None else repr(decision.champion_value)
     client.set_model_version_tag(model_name, version, "champion_metric_value", champion_value)
+    client.set_model_version_tag(model_name, version, "champion_version_at_gate", decision.champion_version or "none")
     if decision.promote:
-        promote(client, model_name, version, decision.reason)
+        _promote(client, model_name, version, decision.reason)
     else:
         log.info("%s v%s stays %s: %s", model_name, version, CHALLENGER, decision.reason)
+    client.set_model_version_tag(model_name, version, DECISION_TAG, verdict)
 
 
-def promote(client, model_name: str, version: str, reason: str) -> str | None:
-    """Point alias champion at version and push it on the champion history; returns the champion before
-    the call (None when there was none; version itself when it already was champion)."""
+def gate(
+    client,
+    model_name: str,
+    version: str,
+    metrics: dict[str, float],
+    cfg: RegisterConfig,
+    champion_metrics_of: Any = None,
+) -> tuple[Decision, dict[str, float] | None]:
+    """Compare version with the current champion and apply the decision, all under the registry lock, so that
+    concurrent gates act one after another; returns the decision and the champion metrics it compared with.
+
+    champion_metrics_of(champion_version, recorded_metrics, tags) gives the metrics to compare with (default: the
+    recorded ones). A version that is already champion (an earlier gate moved the alias and stopped before its
+    verdict) gets its promotion finished, not compared with itself."""
+    version = str(version)
+    with gate_lock(client, model_name):
+        champion_version, champion, tags = champion_metrics(client, model_name)
+        if champion_version == version:
+            recorded = client.get_model_version(model_name, version).tags
+            value = recorded.get("champion_metric_value", "none")
+            decision = Decision(
+                True,
+                recorded.get("promotion_reason", f"v{version} was already {CHAMPION} when its gate ran"),
+                cfg.primary_metric,
+                float(metrics[cfg.primary_metric]),
+                None if value == "none" else float(value),
+                None
+                if recorded.get("champion_version_at_gate", "none") == "none"
+                else recorded["champion_version_at_gate"],
+            )
+            champion = None
+        else:
+            if champion_version is not None and champion_metrics_of is not None:
+                champion = champion_metrics_of(champion_version, champion, tags)
+            decision = decide_promotion(metrics, champion, cfg, champion_version)
+        apply_decision(client, model_name, version, decision)
+    return decision, champion
+
+
+def register_and_gate(
+    client,
+    model_name: str,
+    source_run_id: str,
+    model_uri: str | None,
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    cfg: RegisterConfig,
+    champion_metrics_of: Any = None,
+) -> tuple[str, Decision | None, dict[str, float] | None]:
+    """Register the model of a training run (once) and gate it; resumes whatever an earlier, interrupted call for
+    the same run left undone. Returns (version, decision, champion metrics compared with); the decision is None
+    when the run's version was already decided. model_uri may be None only when the run is already registered."""
+    with gate_lock(client, model_name):
+        mv = find_version(client, model_name, source_run_id)
+        if mv is None:
+            if model_uri is None:
+                raise ValueError(f"{model_name}: run {source_run_id} has no version yet and no model_uri was given")
+            mv, _ = register_challenger(client, model_name, model_uri, source_run_id, tags)
+        elif mv.tags.get(DECISION_TAG) in FINAL_DECISIONS:
+            return str(mv.version), None, None
+        else:
+            log.warning(
+                "%s v%s has no final promotion decision (an earlier run stopped): finishing", model_name, mv.version
+            )
+            mv = _resume_challenger(client, model_name, mv)
+        decision, champion = gate(client, model_name, str(mv.version), metrics, cfg, champion_metrics_of)
+    return str(mv.version), decision, champion
+
+
+def _promote(client, model_name: str, version: str, reason: str) -> str | None:
+    """promote() without the lock. The alias moves first and the history follows, so a crash between the two
+    leaves the history one short, which the next call for the same version completes."""
     version = str(version)
     known = [str(v.version) for v in _all_versions(client, model_name)]
     if version not in known:
         raise ValueError(f"{model_name} has no version {version} (versions: {', '.join(known) or 'none'})")
     previous = _alias(client, model_name, CHAMPION)
-    if previous == version:
+    history = _history(client, model_name)
+    if previous != version:
+        if previous is not None and history[-1:] != [previous]:
+            # the alias was moved outside this module: keep the champion it replaced reachable by rollback
+            history.append(previous)
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+    repaired = history[-1:] != [version]
+    if repaired:
+        _set_history(client, model_name, [*history, version])
+    if previous == version and not repaired and "promoted_reason" in client.get_model_version(model_name, version).tags:
         log.info("%s v%s is already %s; nothing to do", model_name, version, CHAMPION)
         return previous
-    history = _history(client, model_name)
-    if previous is not None and (not history or history[-1] != previous):
-        # the alias was moved outside this module: keep the champion it replaced reachable by rollback
-        history.append(previous)
-    _set_history(client, model_name, [*history, version])
-    client.set_registered_model_alias(model_name, CHAMPION, version)
     client.set_model_version_tag(model_name, version, "promoted_reason", reason)
     log.info("%s v%s is now %s (was %s): %s", model_name, version, CHAMPION, previous or "none", reason)
     return previous
 
 
+def promote(client, model_name: str, version: str, reason: str) -> str | None:
+    """Point alias champion at version and push it on the champion history; returns the champion before
+    the call (None when there was none; version itself when it already was champion)."""
+    with gate_lock(client, model_name):
+        return _promote(client, model_name, version, reason)
+
+
 def rollback(client, model_name: str, reason: str = "manual rollback") -> tuple[str, str]:
-    """Give alias champion back to the previous champion; returns (demoted version, restored version)."""
-    current = _alias(client, model_name, CHAMPION)
-    if current is None:
-        raise ValueError(f"{model_name} has no {CHAMPION}: nothing to roll back")
-    history = _history(client, model_name)
-    if history and history[-1] == current:
-        history.pop()
-    if not history:
-        raise ValueError(f"nothing to roll back to: version {current} is the only champion so far")
-    restored = history[-1]
-    client.set_registered_model_alias(model_name, CHAMPION, restored)
-    _set_history(client, model_name, history)
-    client.set_model_version_tag(model_name, current, "rolled_back", "true")
-    client.set_model_version_tag(model_name, current, "rollback_reason", reason)
+    """Give alias champion back to the previous champion; returns (demoted version, restored version).
+    Tags, then history, then the alias: after a crash at any point, running rollback again completes it."""
+    with gate_lock(client, model_name):
+        current = _alias(client, model_name, CHAMPION)
+        if current is None:
+            raise ValueError(f"{model_name} has no {CHAMPION}: nothing to roll back")
+        history = _history(client, model_name)
+        if history and history[-1] == current:
+            history.pop()
+        if not history:
+            raise ValueError(f"nothing to roll back to: version {current} is the only champion so far")
+        restored = history[-1]
+        client.set_model_version_tag(model_name, current, "rolled_back", "true")
+        client.set_model_version_tag(model_name, current, "rollback_reason", reason)
+        _set_history(client, model_name, history)
+        client.set_registered_model_alias(model_name, CHAMPION, restored)
     log.warning("%s: %s rolled back from v%s to v%s: %s", model_name, CHAMPION, current, restored, reason)
     return current, restored
 

@@ -12,9 +12,11 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,7 +38,14 @@ CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # MLflow prints "View run ... at <tracking URI>" to stdout; the pipeline prints its own summary
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
+# scheme://user:password@ (greedy up to the last @ before the path) and secret-looking query values
+_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s]*@")
+_SECRET_QUERY_RE = re.compile(
+    r"(?i)([?&](?:token|access_token|api_key|apikey|key|password|passwd|secret|sig)=)[^&#\s]*"
+)
 
 
 class TrackingUnavailable(RuntimeError):
@@ -46,9 +55,41 @@ class TrackingUnavailable(RuntimeError):
 # --- where ------------------------------------------------------------------------------------------------
 
 
+def redact(text: str) -> str:
+    """text with the password of every scheme://user:password@host, and secret-looking query values, as ***.
+
+    >>> redact("http://user:secret@host:5000/?token=abc&x=1")
+    'http://user:***@host:5000/?token=***&x=1'
+    """
+    return _SECRET_QUERY_RE.sub(r"\1***", _PASSWORD_RE.sub(r"\g<head>:***@", text))
+
+
+def without_password(uri: str) -> tuple[str, str | None, str | None]:
+    """(uri without user:password@, user, password); the uri unchanged when it carries no password."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri, None, None
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=host).geturl(), urllib.parse.unquote(parts.username or ""), parts.password
+
+
 def tracking_uri(root: str | Path = ".") -> str:
-    """MLFLOW_TRACKING_URI when set, else the project's SQLite file."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / DEFAULT_DB).resolve()}"
+    """MLFLOW_TRACKING_URI when set, else the project's SQLite file; never with a password in it (open_client
+    hands a password found there to MLflow through MLFLOW_TRACKING_USERNAME/PASSWORD instead)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / DEFAULT_DB).resolve()}"
+    return without_password(uri)[0]
+
+
+def _credentials_to_env() -> None:
+    """Move user:password out of MLFLOW_TRACKING_URI into MLflow's own credential variables: with the password in
+    the URI, MLflow repeats it in every error message and in the `View run` links it prints."""
+    uri, user, password = without_password(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    if password is None:
+        return
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user or "")
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", urllib.parse.unquote(password))
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    log.info("tracking: credentials of %s passed to MLflow through MLFLOW_TRACKING_USERNAME/PASSWORD", redact(uri))
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
@@ -65,8 +106,8 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as err:
         problem = str(getattr(err, "reason", err))
     raise TrackingUnavailable(
-        f"MLflow tracking server {uri} is unreachable ({problem}). Start it (e.g. `mlflow server --host 127.0.0.1 "
-        "--port 5000`), fix MLFLOW_TRACKING_URI, or unset it to use the local sqlite:///mlflow.db"
+        f"MLflow tracking server {redact(uri)} is unreachable ({redact(problem)}). Start it (e.g. `mlflow server "
+        "--host 127.0.0.1 --port 5000`), fix MLFLOW_TRACKING_URI, or unset it to use the local sqlite:///mlflow.db"
     )
 
 
@@ -76,6 +117,7 @@ def open_client(root: str | Path = ".") -> Any:
         os.environ.setdefault(key, value)
     import mlflow
 
+    _credentials_to_env()
     uri = tracking_uri(root)
     check_server(uri)
     mlflow.set_tracking_uri(uri)
@@ -97,7 +139,7 @@ def connect(p: Params, root: str | Path = ".") -> tuple[Any, str]:
         location = None if uri.startswith(("http://", "https://")) else (Path(root) / ARTIFACTS_DIR).resolve().as_uri()
         return client, client.create_experiment(p.tracking.experiment_name, artifact_location=location)
     except MlflowException as err:
-        raise TrackingUnavailable(f"MLflow tracking store {uri}: {err}") from err
+        raise TrackingUnavailable(f"MLflow tracking store {redact(uri)}: {redact(str(err))}") from err
 
 
 # --- lineage tags ---------------------------------------------------------------------------------------------

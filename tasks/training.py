@@ -3,11 +3,13 @@ per-component reward statistics."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
-import math
 import os
-import tempfile
+import re
+import shutil
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -77,6 +79,11 @@ class LogCapture:
         self.logs: list[dict[str, float]] = []
 
         class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                # Resumed from a checkpoint: its log history first, so reports and MLflow show the whole run.
+                for entry in state.log_history:
+                    outer.on_log(entry["step"], {k: v for k, v in entry.items() if k != "step"})
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs:
                     outer.on_log(state.global_step, logs)
@@ -121,6 +128,175 @@ def _quiet(trainer: Any) -> None:
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+
+
+# --- resumable checkpoints -------------------------------------------------------------------------------------
+
+CHECKPOINTS_DIR = ".checkpoints"
+COMPLETE_MARKER = "rewardflow_complete.json"
+FINGERPRINT_FILE = "fingerprint.json"
+# The Trainer deletes old checkpoints right after writing a new one, before the completion marker goes in: keeping
+# two means the newest complete checkpoint is still on disk whenever the one being written is cut short.
+SAVE_TOTAL_LIMIT = 2
+# What a stage's checkpoints depend on besides its input files: the params sections dvc.yaml gives the stage.
+STAGE_PARAMS = {"sft": ("seed", "model", "sft"), "grpo": ("seed", "reward", "grpo")}
+_CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+
+
+class SaveFailed(OSError):
+    """A checkpoint or a stage's artefact could not be written (disk full, quota, file-size limit, ...)."""
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stage_fingerprint(p: Params, stage: str, inputs: list[str | Path]) -> str:
+    """sha256 (16 hex digits) of the stage's params sections and the bytes of its input files and folders:
+    a checkpoint made with anything else must not be resumed."""
+    full = p.to_dict()
+    digest = hashlib.sha256(json.dumps({k: full[k] for k in STAGE_PARAMS[stage]}, sort_keys=True).encode())
+    for path in map(Path, inputs):
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class Checkpoints:
+    """A stage's resumable Trainer checkpoints, in <models_dir>/.checkpoints/<stage>/ (not a DVC output).
+
+    HF Trainer writes checkpoint-N file by file, so a killed run can leave half of one. A checkpoint counts only
+    once the Trainer has finished writing it: `callback` then drops a marker file into it. On start, checkpoints
+    from other params or inputs (fingerprint.json differs) and unmarked ones are removed, and training resumes from
+    the newest marked one; the folder goes once the stage's artefact is saved.
+    """
+
+    def __init__(self, models_dir: str | Path, stage: str, fingerprint: str, max_steps: int) -> None:
+        self.dir = Path(models_dir) / CHECKPOINTS_DIR / stage
+        self.artefact = Path(models_dir) / stage
+        self.stage, self.fingerprint, self.max_steps = stage, fingerprint, max_steps
+        self.saving: int | None = None  # the step whose checkpoint is being written, if any
+        self.callback = self._callback()
+
+    def _callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class _MarkComplete(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                # runs after the Trainer's own flow callback has decided whether this step saves
+                outer.saving = state.global_step if control.should_save else None
+
+            def on_save(self, args, state, control, **kwargs):
+                # called once _save_checkpoint returned: every file of checkpoint-N is written
+                if state.is_world_process_zero:
+                    outer.mark(state.global_step)
+                outer.saving = None
+
+        return _MarkComplete()
+
+    def trainer_kwargs(self, save_steps: int) -> dict[str, Any]:
+        return dict(
+            output_dir=str(self.dir), save_strategy="steps", save_steps=save_steps, save_total_limit=SAVE_TOTAL_LIMIT
+        )
+
+    def _found(self) -> list[tuple[int, Path]]:
+        found = [(int(m.group(1)), d) for d in self.dir.glob("checkpoint-*") if (m := _CHECKPOINT_RE.fullmatch(d.name))]
+        return sorted(found)
+
+    def _is_complete(self, step: int, path: Path) -> bool:
+        marker = _read_json(path / COMPLETE_MARKER) or {}
+        return marker.get("step") == step and marker.get("fingerprint") == self.fingerprint
+
+    def complete(self) -> list[Path]:
+        """The marked checkpoints, oldest first."""
+        return [path for step, path in self._found() if self._is_complete(step, path)]
+
+    def mark(self, step: int) -> None:
+        marker = {"step": step, "fingerprint": self.fingerprint}
+        _write_json_atomic(self.dir / f"checkpoint-{step}" / COMPLETE_MARKER, marker)
+
+    def resume_point(self) -> Path | None:
+        """Clear what must not be resumed; the newest complete checkpoint, or None to start from step 0."""
+        recorded = (_read_json(self.dir / FINGERPRINT_FILE) or {}).get("fingerprint")
+        if self.dir.exists() and recorded != self.fingerprint:
+            if self._found():
+                log.warning(
+                    "%s: not resuming from %s: its checkpoints were made with other params or inputs "
+                    "(fingerprint %s, now %s); starting from step 0",
+                    self.stage,
+                    self.dir,
+                    recorded,
+                    self.fingerprint,
+                )
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(self.dir / FINGERPRINT_FILE, {"fingerprint": self.fingerprint, "stage": self.stage})
+        for step, path in self._found():
+            if not self._is_complete(step, path):
+                log.warning(
+                    "%s: skipping %s: incomplete (no completion marker: the run stopped while writing it); removed",
+                    self.stage,
+                    path.name,
+                )
+                shutil.rmtree(path, ignore_errors=True)
+        complete = self.complete()
+        if not complete:
+            return None
+        step = _CHECKPOINT_RE.fullmatch(complete[-1].name).group(1)
+        log.info("%s: resuming from %s (step %s of %d)", self.stage, complete[-1].name, step, self.max_steps)
+        return complete[-1]
+
+    def train(self, trainer: Any) -> tuple[Any, int]:
+        """trainer.train(), resumed from the newest complete checkpoint; (TrainOutput, step resumed from)."""
+        resume = self.resume_point()
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except Exception as err:
+            if self.saving is None:
+                raise
+            raise self.save_failed(err, self.dir / f"checkpoint-{self.saving}") from err
+        return result, int(_CHECKPOINT_RE.fullmatch(resume.name).group(1)) if resume else 0
+
+    def save(self, model: Any, tokenizer: Any, resolved: dict[str, Any]) -> Path:
+        """The stage's artefact (atomic); then the checkpoints are no longer needed."""
+        try:
+            out_dir = save_artifact(model, tokenizer, self.artefact, resolved)
+        except Exception as err:
+            raise self.save_failed(err, self.artefact) from err
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.dir.parent.rmdir()  # only when no other stage's checkpoints are left
+        return out_dir
+
+    def save_failed(self, err: Exception, target: Path) -> SaveFailed:
+        """What a failed write means for the user: what is intact, what a re-run does, what to do."""
+        where = next((d for d in (target, *target.parents) if d.exists()), Path("."))
+        free = shutil.disk_usage(where).free / 2**20
+        complete = self.complete()
+        kept = (
+            f"the last complete checkpoint, {complete[-1].name}, is kept and a re-run resumes from it"
+            if complete
+            else "no complete checkpoint exists yet, so a re-run starts from step 0"
+        )
+        previous = f"{self.artefact} was not written"
+        if self.artefact.exists():
+            previous = f"the previous {self.artefact} is unchanged"
+        return SaveFailed(
+            f"{self.stage}: could not write {target}: {err} ({free:.0f} MiB free there; disk full?). "
+            f"Nothing half-written is used: {previous}, and {kept}. Free some space and re-run."
+        )
 
 
 def completion_stats(texts: list[str], truths: list[list[int]], config: RewardConfig) -> dict[str, list[float]]:
@@ -179,10 +355,21 @@ def _grpo_trainer_class():
             self._last = None
             mode = "train" if self.model.training else "eval"
             group = self.num_generations if mode == "train" else self.num_generations_eval
-            # What TRL optimises: the weighted sum of the reward functions, gathered over processes.
-            weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
-            rewards = torch.nan_to_num((rewards_per_func * weights).nansum(dim=1), nan=0.0).tolist()
-            non_finite = int(sum(not math.isfinite(r) for r in rewards))
+            # What TRL optimises: the weighted sum of the reward functions, gathered over processes. A NaN or inf
+            # from any function (or a float32 overflow) is counted and logged, not hidden: compute_advantages gives
+            # the completion's whole group zero advantage, so the update stays finite.
+            weighted = rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+            bad = ~torch.isfinite(weighted)
+            rewards = weighted.sum(dim=1).tolist()
+            non_finite = int(bad.any(dim=1).sum())
+            if non_finite:
+                funcs = [name for name, hit in zip(self.reward_func_names, bad.any(dim=0).tolist(), strict=True) if hit]
+                log.warning(
+                    "grpo step %d: %d completion(s) got a non-finite reward (from %s); their groups get zero advantage",
+                    self.state.global_step + 1,
+                    non_finite,
+                    ", ".join(funcs),
+                )
             texts = gather_object(local_texts)
             truths = gather_object([list(x["scores"]) for x in inputs])
             advantages, zero_std, low_div = group_advantages(rewards, texts, group, self.min_std, self.min_unique_ratio)
@@ -239,41 +426,42 @@ def run_sft(p: Params) -> dict[str, Any]:
     )
     # --- model
     model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
-    # --- train
+    # --- train, resuming an interrupted run of the same params and data from its last complete checkpoint
     capture = LogCapture("sft")
-    with tempfile.TemporaryDirectory(prefix="rewardflow-sft-") as scratch:
-        args = SFTConfig(
-            output_dir=scratch,
-            **device_kwargs(),
-            seed=p.seed,
-            max_steps=p.sft.max_steps,
-            per_device_train_batch_size=p.sft.batch_size,
-            learning_rate=p.sft.learning_rate,
-            weight_decay=p.sft.weight_decay,
-            warmup_steps=p.sft.warmup_ratio,
-            lr_scheduler_type=p.sft.lr_scheduler,
-            logging_steps=p.sft.logging_steps,
-            max_length=p.model.max_length,
-            packing=False,
-            padding_free=False,
-            dataset_num_proc=None,
-        )
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=peft_config_for(p.sft.lora, p.model),
-            callbacks=[capture.callback],
-        )
-        _quiet(trainer)
-        result = trainer.train()
+    fingerprint = stage_fingerprint(p, "sft", [p.paths.train_file])
+    checkpoints = Checkpoints(p.paths.models_dir, "sft", fingerprint, p.sft.max_steps)
+    args = SFTConfig(
+        **{**device_kwargs(), **checkpoints.trainer_kwargs(p.sft.save_steps)},
+        seed=p.seed,
+        max_steps=p.sft.max_steps,
+        per_device_train_batch_size=p.sft.batch_size,
+        learning_rate=p.sft.learning_rate,
+        weight_decay=p.sft.weight_decay,
+        warmup_steps=p.sft.warmup_ratio,
+        lr_scheduler_type=p.sft.lr_scheduler,
+        logging_steps=p.sft.logging_steps,
+        max_length=p.model.max_length,
+        packing=False,
+        padding_free=False,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config_for(p.sft.lora, p.model),
+        callbacks=[capture.callback, checkpoints.callback],
+    )
+    _quiet(trainer)
+    result, resumed_from = checkpoints.train(trainer)
     # --- save
-    out_dir = save_artifact(trainer.model, tokenizer, Path(p.paths.models_dir) / "sft", _resolved(p, "sft"))
+    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, "sft"))
     summary = {
         "train_runtime": result.metrics.get("train_runtime"),
         "train_loss": result.training_loss,
         "steps": result.global_step,
+        "resumed_from_step": resumed_from,
     }
     _write_logs(Path(p.paths.reports_dir) / "sft_logs.json", capture.logs, {"summary": summary})
     log.info(
@@ -300,48 +488,52 @@ def run_grpo(p: Params) -> dict[str, Any]:
     sft_dir = Path(p.paths.models_dir) / "sft"
     if not (sft_dir / "config.json").exists():
         raise FileNotFoundError(f"{sft_dir}: no SFT checkpoint; run the sft stage first (GRPO only after SFT)")
-    model, tokenizer = load_pretrained(sft_dir)
+    model, tokenizer = load_pretrained(sft_dir, p.model.trust_remote_code)
     # --- reward
     funcs, weights = build_reward_funcs(p.reward.mode, p.reward.config, p.reward.binary_tolerance)
     monitor = DeadComponentMonitor(p.grpo.dead_window, p.grpo.dead_low, p.grpo.dead_high)
-    # --- train
-    with tempfile.TemporaryDirectory(prefix="rewardflow-grpo-") as scratch:
-        args = GRPOConfig(
-            output_dir=scratch,
-            **device_kwargs(),
-            seed=p.seed,
-            max_steps=p.grpo.max_steps,
-            per_device_train_batch_size=p.grpo.prompts_per_step * p.grpo.num_generations,
-            num_generations=p.grpo.num_generations,
-            temperature=p.grpo.temperature,
-            top_p=1.0,
-            top_k=0,
-            max_completion_length=p.grpo.max_completion_length,
-            learning_rate=p.grpo.learning_rate,
-            beta=p.grpo.beta,
-            reward_weights=weights,
-            scale_rewards="group",
-            logging_steps=p.grpo.logging_steps,
-            log_completions=False,
-            use_vllm=False,
-        )
-        trainer = _grpo_trainer_class()(
-            model=model,
-            reward_funcs=funcs,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=peft_config_for(p.grpo.lora, p.model),
-            callbacks=[monitor.callback],
-            reward_config=p.reward.config,
-            min_std=p.grpo.min_std,
-            min_unique_ratio=p.grpo.min_unique_ratio,
-        )
-        _quiet(trainer)
-        result = trainer.train()
+    # --- train, resuming an interrupted run of the same params, data and SFT model from its last complete checkpoint
+    fingerprint = stage_fingerprint(p, "grpo", [p.paths.train_file, sft_dir])
+    checkpoints = Checkpoints(p.paths.models_dir, "grpo", fingerprint, p.grpo.max_steps)
+    args = GRPOConfig(
+        **{**device_kwargs(), **checkpoints.trainer_kwargs(p.grpo.save_steps)},
+        seed=p.seed,
+        max_steps=p.grpo.max_steps,
+        per_device_train_batch_size=p.grpo.prompts_per_step * p.grpo.num_generations,
+        num_generations=p.grpo.num_generations,
+        temperature=p.grpo.temperature,
+        top_p=1.0,
+        top_k=0,
+        max_completion_length=p.grpo.max_completion_length,
+        learning_rate=p.grpo.learning_rate,
+        beta=p.grpo.beta,
+        reward_weights=weights,
+        scale_rewards="group",
+        logging_steps=p.grpo.logging_steps,
+        log_completions=False,
+        use_vllm=False,
+    )
+    trainer = _grpo_trainer_class()(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config_for(p.grpo.lora, p.model),
+        callbacks=[monitor.callback, checkpoints.callback],
+        reward_config=p.reward.config,
+        min_std=p.grpo.min_std,
+        min_unique_ratio=p.grpo.min_unique_ratio,
+    )
+    _quiet(trainer)
+    result, resumed_from = checkpoints.train(trainer)
     # --- save
-    out_dir = save_artifact(trainer.model, tokenizer, Path(p.paths.models_dir) / "grpo", _resolved(p, "grpo"))
-    summary = {"train_runtime": result.metrics.get("train_runtime"), "steps": result.global_step}
+    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, "grpo"))
+    summary = {
+        "train_runtime": result.metrics.get("train_runtime"),
+        "steps": result.global_step,
+        "resumed_from_step": resumed_from,
+    }
     components = [
         {"step": e["step"], **{c: e[f"{STATS_PREFIX}{c}/mean"] for c in COMPONENTS}}
         for e in monitor.logs

@@ -18,11 +18,13 @@ from types import SimpleNamespace
 import mlflow
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow import MlflowClient
 from mlflow.tracking._model_registry import utils as registry_uri_state
 from mlflow.tracking._tracking_service import utils as tracking_uri_state
 
-from tasks.config import RegisterConfig, load_params
+from tasks.config import PROMOTABLE_METRICS, RegisterConfig, load_params
 from tasks.data import generate_dataset, generate_rows
 from tasks.registry import (
     Decision,
@@ -244,6 +246,29 @@ def test_decide_promotion(metric, margin, challenger, champion, promote_it, reas
     version = None if champion is None else "3"
     decision = decide_promotion({metric: challenger, "n": 16}, champion_metrics, cfg, version)
     assert decision == Decision(promote_it, reason, metric, challenger, champion, version)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    metric=st.sampled_from(PROMOTABLE_METRICS),
+    champion=st.floats(0.0, 4.0),
+    # the challenger: the champion's value moved by a delta that often lands within a hair of the margin
+    delta=st.one_of(st.floats(-1.0, 1.0), st.sampled_from([0.0, 0.005, -0.005, 0.0049999, 0.0050001, 1e-12])),
+    margin=st.one_of(st.floats(0.0, 0.2), st.just(0.005), st.just(0.0)),
+)
+def test_gate_never_promotes_a_worse_or_equal_challenger(metric, champion, delta, margin):
+    """Over random metric pairs: a challenger that is worse, equal, or better by less than min_improvement stays
+    challenger; one better by clearly more than the margin is promoted. `delta` is the improvement in the metric's
+    own direction (mae and structural_failure_rate: lower is better)."""
+    cfg = RegisterConfig(model_name="m", primary_metric=metric, min_improvement=margin)
+    challenger = champion + delta if cfg.higher_is_better else champion - delta
+    decision = decide_promotion({metric: challenger}, {metric: champion}, cfg, "1")
+    improvement = (challenger - champion) if cfg.higher_is_better else (champion - challenger)
+    if improvement <= 0 or improvement < margin - 1e-9:
+        assert not decision.promote, decision.reason
+    if improvement > 0 and improvement >= margin + 1e-9:
+        assert decision.promote, decision.reason
+    assert decision.reason.endswith("champion kept") != decision.promote
 
 
 def test_decide_promotion_needs_the_metric():

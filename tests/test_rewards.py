@@ -23,6 +23,7 @@ from tasks.rewards import (
     off_by_1_reward,
     parse_scores,
     perfect_match_reward,
+    score_completion,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,3 +253,79 @@ def test_advantages_are_normalised_or_zero(rewards):
         assert adv.std() == pytest.approx(1.0, abs=1e-4)
     else:
         assert len(rewards) <= 1 or np.std(rewards) < 0.01
+
+
+# --- the reward path on any model output (docs/RELIABILITY.md) -------------------------------------------
+
+REWARD_RUNS = 10_000
+WHITESPACE = " \t\n\r\x0b\x0c\x85\xa0\u1680\u2003\u2028\u3000"
+# one model output of every shape the reward path must survive
+completions = st.one_of(
+    st.just(""),  # empty
+    st.text(alphabet=WHITESPACE, min_size=1, max_size=40),  # whitespace only
+    st.text(max_size=200),  # any Unicode: letters, other scripts' digits, NUL, combining marks, emoji
+    # huge digit runs, signed, trailing a float or exponent tail
+    st.builds(
+        lambda sign, n, tail: sign + "9" * n + tail,
+        st.sampled_from(["", "-", "+", "--", "٣"]),
+        st.integers(1, 20_000),
+        st.sampled_from(["", " 3 4 5", ".5", "e308", "e-400", " -0"]),
+    ),
+    # negative, float-looking and special numbers, space-joined
+    st.lists(
+        st.one_of(
+            st.integers(-(10**40), 10**40).map(str),
+            st.floats(allow_nan=True, allow_infinity=True).map(repr),
+            st.from_regex(r"-?\d{1,6}\.\d{1,6}([eE][-+]?\d{1,4})?", fullmatch=True),
+            st.sampled_from(["nan", "-inf", "1e999", "-0", "+5", "٣", "３", "߃", "½", "Ⅳ", "²"]),
+        ),
+        max_size=8,
+    ).map(" ".join),
+    # up to 100 kB: a short unit repeated
+    st.builds(lambda unit, n: unit * n, st.text(min_size=1, max_size=10), st.integers(1, 10_000)).map(
+        lambda s: s[:100_000]
+    ),
+)
+
+
+# the TRL reward functions of every mode
+TRL_FUNCS = [f for mode in ("multi", "binary", "exact") for f in build_reward_funcs(mode, CFG)[0]]
+
+
+@settings(max_examples=REWARD_RUNS, deadline=None)
+@given(text=completions, truth=st.lists(st.integers(1, 5), min_size=0, max_size=6))
+def test_reward_path_never_raises_nor_returns_non_finite(text, truth):
+    """Every function between a completion and a number (components, combined reward, GRPO's per-completion
+    scorer, the TRL adapters of every mode, the held-out evaluator) is total and finite on any string."""
+    from tasks.evaluation import score_example, score_predictions
+
+    values = {name: v for name, v in score_completion(text, truth, CFG).items() if name != "prediction"}
+    values["binary"] = binary_reward(parse_scores(text), truth)
+    for func in TRL_FUNCS:
+        (values[f"trl/{func.__name__}"],) = func(prompts=["p"], completions=[text], scores=[truth])
+    chat = [{"role": "assistant", "content": text}]
+    (values["trl/chat"],) = TRL_FUNCS[0](prompts=["p"], completions=[chat], scores=[truth])
+    example = score_example(text, truth, CFG, score_span=4)
+    values.update({f"eval/{k}": v for k, v in example.items() if k != "prediction"})
+    metrics, _ = score_predictions([text], [truth], CFG, min_score=1, max_score=5)
+    values.update({f"eval_metric/{k}": v for k, v in metrics.items()})
+    for name, value in values.items():
+        assert isinstance(value, int | float) and math.isfinite(value), (name, value)
+    assert CFG.structural_penalty <= values["combined"] <= 1.0 + CFG.perfect_bonus
+    assert 0.0 <= values["eval/abs_error"] <= 4.0
+
+
+@pytest.mark.parametrize(
+    "rewards",
+    [
+        [float("nan"), 1.0, 0.0, 0.5],  # a NaN anywhere in the group
+        [float("inf"), 1.0, 0.0, 0.5],  # +inf
+        [1.0, float("-inf"), 0.0, 0.5],  # -inf
+        [3e38, -3e38, 3e38, -3e38],  # float32's extremes: finite, but their spread overflows a naive std
+    ],
+)
+def test_advantages_of_non_finite_or_extreme_rewards_are_finite(rewards):
+    adv = compute_advantages(rewards)
+    assert all(math.isfinite(a) for a in adv)
+    if not all(math.isfinite(r) for r in rewards):
+        assert adv == [0.0] * len(rewards)  # the group carries no usable comparison
