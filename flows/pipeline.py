@@ -7,6 +7,8 @@ calls (a server hiccup); a validation failure or a bad param fails at once.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +37,23 @@ def _tracking_error(task: Any, task_run: Any, state: Any) -> bool:
     except BaseException:
         return False
     return False
+
+
+_WARM_UPS: list[threading.Thread] = []
+
+
+def warm_up_tracking(p: Params) -> None:
+    """Open (on a first run: create, ~5 s of migrations) the MLflow store in the background while Prefect's
+    temporary server starts; the pipeline waits for it before its first tracking call. Errors are left to that
+    call, which reports them properly."""
+
+    def work() -> None:
+        with contextlib.suppress(Exception):
+            tracking.connect(p, Path.cwd())
+
+    thread = threading.Thread(target=work, name="mlflow-warm-up", daemon=True)
+    thread.start()
+    _WARM_UPS.append(thread)
 
 
 TRACKING_RETRIES = dict(retries=2, retry_delay_seconds=3, retry_condition_fn=_tracking_error)
@@ -183,6 +202,8 @@ def publish(pipe: Pipeline, results: Sequence[StageResult], registration: Any) -
 def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
     """The MLflow parent run around a pipeline run: FINISHED when the body succeeds, FAILED when it raises."""
     root = lineage.root.resolve()
+    while _WARM_UPS:
+        _WARM_UPS.pop().join()
     client, experiment_id = tracking.connect(p, root)
     tags = {
         "git_commit": tracking.git_commit(root),
