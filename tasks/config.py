@@ -192,10 +192,25 @@ class GrpoConfig:
     dead_window: int
     dead_low: float
     dead_high: float
+    # generation through vLLM (TRL's use_vllm; needs a GPU and `pip install vllm`): colocate (in the training
+    # process, sharing the GPU) or server (`trl vllm-serve` on another GPU)
+    use_vllm: bool
+    vllm_mode: str
+    vllm_gpu_memory_utilization: float
     lora: LoraConfig
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "max_steps", f"must be >= 1 (got {self.max_steps})")
+        _check(
+            self.vllm_mode in ("colocate", "server"),
+            "vllm_mode",
+            f"must be colocate or server (got {self.vllm_mode!r})",
+        )
+        _check(
+            0.0 < self.vllm_gpu_memory_utilization <= 1.0,
+            "vllm_gpu_memory_utilization",
+            f"must be in (0, 1] (got {self.vllm_gpu_memory_utilization})",
+        )
         _check(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1 (got {self.prompts_per_step})")
         _check(
             self.num_generations >= 2,
@@ -273,6 +288,25 @@ class RegisterConfig:
 
 
 @dataclass(frozen=True)
+class LauncherConfig:
+    # processes for the sft and grpo stages; > 1 runs them under `accelerate launch` (DDP; gloo on a CPU)
+    num_processes: int
+    # an accelerate config file (configs/accelerate/*.yaml: one GPU, DDP, DeepSpeed ZeRO-3), or "" for none
+    config_file: str
+    # the rendezvous port of the launched processes on 127.0.0.1
+    port: int
+
+    def __post_init__(self) -> None:
+        _check(self.num_processes >= 1, "num_processes", f"must be >= 1 (got {self.num_processes})")
+        _check(
+            not self.config_file or Path(self.config_file).is_file(),
+            "config_file",
+            f"{self.config_file!r} is not a file (see configs/accelerate/)",
+        )
+        _check(1024 <= self.port <= 65535, "port", f"must be in 1024..65535 (got {self.port})")
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     # MLflow experiment of the pipeline runs; the tracking URI comes from MLFLOW_TRACKING_URI (default: the
     # project's sqlite:///mlflow.db), never from params, so a server address and its credentials stay out of git
@@ -293,12 +327,22 @@ class Params:
     sft: SftConfig
     grpo: GrpoConfig
     evaluate: EvaluateConfig
+    launcher: LauncherConfig
     tracking: TrackingConfig
     register: RegisterConfig
 
     def __post_init__(self) -> None:
         # numpy's generator, which set_seed seeds too, takes 0 <= seed < 2**32
         _check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32) (got {self.seed})")
+        n = self.launcher.num_processes
+        # every process takes an equal share of the global batch
+        _check(self.sft.batch_size % n == 0, "sft.batch_size", f"must be divisible by launcher.num_processes ({n})")
+        per_step = self.grpo.prompts_per_step * self.grpo.num_generations
+        _check(
+            per_step % n == 0,
+            "grpo.prompts_per_step",
+            f"x grpo.num_generations ({per_step}) must be divisible by launcher.num_processes ({n})",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -125,9 +125,14 @@ def generate_greedy(
 
 def evaluate_checkpoint(model_dir: str | Path, p: Params, rows: list[dict[str, Any]]) -> tuple[dict, list]:
     """Held-out metrics and per-example records of one saved checkpoint."""
+    import torch
+
     from tasks.modeling import load_pretrained
 
     model, tokenizer = load_pretrained(model_dir, p.model.trust_remote_code)
+    if torch.cuda.is_available():
+        # from_pretrained loads on the CPU; decoding belongs on the GPU when there is one
+        model = model.to("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
     prompts = [r["prompt"] for r in rows]
 
     def progress(done: int, total: int) -> None:

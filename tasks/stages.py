@@ -15,12 +15,20 @@ def _validate(p: Params) -> Any:
 
 
 def _sft(p: Params) -> Any:
+    from tasks import launcher
+
+    if launcher.needs_launch(p):
+        return launcher.launch("sft", p)
     from tasks.training import run_sft
 
     return run_sft(p)
 
 
 def _grpo(p: Params) -> Any:
+    from tasks import launcher
+
+    if launcher.needs_launch(p):
+        return launcher.launch("grpo", p)
     from tasks.training import run_grpo
 
     return run_grpo(p)

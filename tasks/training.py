@@ -17,6 +17,7 @@ from typing import Any
 
 from tasks.config import Params
 from tasks.data import completion_for, read_jsonl
+from tasks.launcher import world_size
 from tasks.modeling import load_base_model, load_pretrained, peft_config_for, save_artifact
 from tasks.rewards import (
     RewardConfig,
@@ -259,8 +260,13 @@ class Checkpoints:
         return complete[-1]
 
     def train(self, trainer: Any) -> tuple[Any, int]:
-        """trainer.train(), resumed from the newest complete checkpoint; (TrainOutput, step resumed from)."""
-        resume = self.resume_point()
+        """trainer.train(), resumed from the newest complete checkpoint; (TrainOutput, step resumed from).
+        Under several processes the main one tidies the folder and the others read what it left."""
+        accelerator = trainer.accelerator
+        resume = self.resume_point() if accelerator.is_main_process else None
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            resume = (self.complete() or [None])[-1]
         try:
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except Exception as err:
@@ -269,8 +275,11 @@ class Checkpoints:
             raise self.save_failed(err, self.dir / f"checkpoint-{self.saving}") from err
         return result, int(_CHECKPOINT_RE.fullmatch(resume.name).group(1)) if resume else 0
 
-    def save(self, model: Any, tokenizer: Any, resolved: dict[str, Any]) -> Path:
-        """The stage's artefact (atomic); then the checkpoints are no longer needed."""
+    def save(self, model: Any, tokenizer: Any, resolved: dict[str, Any], main: bool = True) -> Path:
+        """The stage's artefact (atomic), written by the main process only; then the checkpoints are no longer
+        needed."""
+        if not main:
+            return self.artefact
         try:
             out_dir = save_artifact(model, tokenizer, self.artefact, resolved)
         except Exception as err:
@@ -434,7 +443,8 @@ def run_sft(p: Params) -> dict[str, Any]:
         **{**device_kwargs(), **checkpoints.trainer_kwargs(p.sft.save_steps)},
         seed=p.seed,
         max_steps=p.sft.max_steps,
-        per_device_train_batch_size=p.sft.batch_size,
+        # under N processes (launcher) each takes 1/N of the batch: sft.batch_size stays the global batch
+        per_device_train_batch_size=p.sft.batch_size // world_size(),
         learning_rate=p.sft.learning_rate,
         weight_decay=p.sft.weight_decay,
         warmup_steps=p.sft.warmup_ratio,
@@ -456,14 +466,18 @@ def run_sft(p: Params) -> dict[str, Any]:
     _quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
     # --- save
-    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, "sft"))
+    main = trainer.accelerator.is_main_process
+    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, "sft"), main)
+    trainer.accelerator.wait_for_everyone()
     summary = {
         "train_runtime": result.metrics.get("train_runtime"),
         "train_loss": result.training_loss,
         "steps": result.global_step,
         "resumed_from_step": resumed_from,
+        "processes": trainer.accelerator.num_processes,
     }
-    _write_logs(Path(p.paths.reports_dir) / "sft_logs.json", capture.logs, {"summary": summary})
+    if main:
+        _write_logs(Path(p.paths.reports_dir) / "sft_logs.json", capture.logs, {"summary": summary})
     log.info(
         "sft: %d steps in %.1fs, final loss %.4f -> %s",
         result.global_step,
@@ -499,7 +513,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
         **{**device_kwargs(), **checkpoints.trainer_kwargs(p.grpo.save_steps)},
         seed=p.seed,
         max_steps=p.grpo.max_steps,
-        per_device_train_batch_size=p.grpo.prompts_per_step * p.grpo.num_generations,
+        per_device_train_batch_size=p.grpo.prompts_per_step * p.grpo.num_generations // world_size(),
         num_generations=p.grpo.num_generations,
         temperature=p.grpo.temperature,
         top_p=1.0,
@@ -511,7 +525,12 @@ def run_grpo(p: Params) -> dict[str, Any]:
         scale_rewards="group",
         logging_steps=p.grpo.logging_steps,
         log_completions=False,
-        use_vllm=False,
+        use_vllm=p.grpo.use_vllm,
+        **(
+            {"vllm_mode": p.grpo.vllm_mode, "vllm_gpu_memory_utilization": p.grpo.vllm_gpu_memory_utilization}
+            if p.grpo.use_vllm
+            else {}
+        ),
     )
     trainer = _grpo_trainer_class()(
         model=model,
@@ -528,24 +547,29 @@ def run_grpo(p: Params) -> dict[str, Any]:
     _quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
     # --- save
-    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, "grpo"))
+    main = trainer.accelerator.is_main_process
+    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, "grpo"), main)
+    trainer.accelerator.wait_for_everyone()
     summary = {
         "train_runtime": result.metrics.get("train_runtime"),
         "steps": result.global_step,
         "resumed_from_step": resumed_from,
+        "processes": trainer.accelerator.num_processes,
     }
     components = [
         {"step": e["step"], **{c: e[f"{STATS_PREFIX}{c}/mean"] for c in COMPONENTS}}
         for e in monitor.logs
         if f"{STATS_PREFIX}combined/mean" in e
     ]
-    Path(p.paths.reports_dir).mkdir(parents=True, exist_ok=True)
-    (Path(p.paths.reports_dir) / "grpo_reward_components.json").write_text(json.dumps(components, indent=1) + "\n")
-    _write_logs(
-        Path(p.paths.reports_dir) / "grpo_logs.json",
-        monitor.logs,
-        {"summary": summary, "dead_components": monitor.dead},
-    )
+    if main:
+        Path(p.paths.reports_dir).mkdir(parents=True, exist_ok=True)
+        components_file = Path(p.paths.reports_dir) / "grpo_reward_components.json"
+        components_file.write_text(json.dumps(components, indent=1) + "\n")
+        _write_logs(
+            Path(p.paths.reports_dir) / "grpo_logs.json",
+            monitor.logs,
+            {"summary": summary, "dead_components": monitor.dead},
+        )
     log.info("grpo: %d steps in %.1fs -> %s", result.global_step, summary["train_runtime"] or 0.0, out_dir)
     return {
         "summary": summary,

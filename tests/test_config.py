@@ -107,3 +107,11 @@ def test_missing_and_broken_files(tmp_path):
     empty.write_text("")
     with pytest.raises(ParamsError, match="missing key seed"):
         load_params(empty)
+
+
+def test_gpu_profile_is_a_valid_params_file():
+    """The shipped GPU profile loads with every check of params.yaml: a hub model with LoRA and vLLM generation."""
+    p = load_params(Path(__file__).resolve().parents[1] / "profiles" / "gpu-qwen2.5-0.5b.yaml")
+    assert p.model.name_or_path == "Qwen/Qwen2.5-0.5B-Instruct" and not p.model.is_builtin
+    assert p.sft.lora.active(p.model) and p.grpo.lora.active(p.model)
+    assert p.grpo.use_vllm and p.grpo.vllm_mode == "colocate"

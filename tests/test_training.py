@@ -184,3 +184,26 @@ def test_dead_component_monitor():
     # format was above 0.98 for the last 3 logs (steps 4-6); the dip at step 3 reset the window
     assert list(monitor.dead) == ["format"]
     assert "step 6" in monitor.dead["format"]
+
+
+@pytest.mark.slow
+def test_two_processes_through_accelerate_launch(tiny):
+    """launcher.num_processes=2 runs sft and grpo under `accelerate launch` (DDP, gloo on this CPU): each process
+    trains on half of every batch, the main one saves a working checkpoint, and the logs carry the same keys."""
+    from tasks.evaluation import run_evaluate
+    from tasks.stages import STAGES
+
+    single = tiny()
+    STAGES["sft"](single)
+    keys_single = set(json.loads((Path(single.paths.reports_dir) / "sft_logs.json").read_text())["logs"][0])
+
+    p = tiny("launcher.num_processes=2", "launcher.port=29547")
+    STAGES["sft"](p)
+    STAGES["grpo"](p)
+    for stage in ("sft", "grpo"):
+        report = json.loads((Path(p.paths.reports_dir) / f"{stage}_logs.json").read_text())
+        assert report["summary"]["processes"] == 2, stage
+        assert report["summary"]["steps"] == getattr(p, stage).max_steps
+    assert set(json.loads((Path(p.paths.reports_dir) / "sft_logs.json").read_text())["logs"][0]) == keys_single
+    metrics = run_evaluate(p)
+    assert metrics["grpo"]["n"] == 16 and 0.0 <= metrics["grpo"]["format_compliance"] <= 1.0
