@@ -174,9 +174,9 @@ def run(
     try:
         summary = None if always_flow else unchanged_summary(str(params), set_)
         if summary is None:
-            from flows.pipeline import training_pipeline, warm_up_tracking
+            from flows.pipeline import training_pipeline, warm_up
 
-            warm_up_tracking(_load(params, set_))
+            warm_up(_load(params, set_))
             summary = training_pipeline(str(params), list(set_ or []))
     except (TrackingUnavailable, ValidationFailed, DataFileError, FileNotFoundError, ValueError, OSError) as err:
         typer.secho(f"pipeline failed: {err}", err=True, fg="red")

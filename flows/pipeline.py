@@ -8,6 +8,7 @@ calls (a server hiccup); a validation failure or a bad param fails at once.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -42,18 +43,31 @@ def _tracking_error(task: Any, task_run: Any, state: Any) -> bool:
 _WARM_UPS: list[threading.Thread] = []
 
 
-def warm_up_tracking(p: Params) -> None:
-    """Open (on a first run: create, ~5 s of migrations) the MLflow store in the background while Prefect's
-    temporary server starts; the pipeline waits for it before its first tracking call. Errors are left to that
+# The libraries the stages import, in import order of the first stages (validate, then sft and grpo).
+WARM_UP_IMPORTS = ("great_expectations", "torch", "transformers", "datasets", "trl", "peft")
+
+
+def warm_up(p: Params) -> None:
+    """While Prefect's temporary server starts (10-20 s, mostly waiting on a subprocess): open the MLflow store
+    (on a first run, create it: ~5 s of migrations) and import the stages' heavy libraries (~6 s). The flow waits
+    for this before doing anything, so no import ever runs in two threads at once; errors are left to the real
     call, which reports them properly."""
 
     def work() -> None:
         with contextlib.suppress(Exception):
             tracking.connect(p, Path.cwd())
+        for module in WARM_UP_IMPORTS:
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
 
-    thread = threading.Thread(target=work, name="mlflow-warm-up", daemon=True)
+    thread = threading.Thread(target=work, name="rewardflow-warm-up", daemon=True)
     thread.start()
     _WARM_UPS.append(thread)
+
+
+def _join_warm_up() -> None:
+    while _WARM_UPS:
+        _WARM_UPS.pop().join()
 
 
 TRACKING_RETRIES = dict(retries=2, retry_delay_seconds=3, retry_condition_fn=_tracking_error)
@@ -202,8 +216,6 @@ def publish(pipe: Pipeline, results: Sequence[StageResult], registration: Any) -
 def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
     """The MLflow parent run around a pipeline run: FINISHED when the body succeeds, FAILED when it raises."""
     root = lineage.root.resolve()
-    while _WARM_UPS:
-        _WARM_UPS.pop().join()
     client, experiment_id = tracking.connect(p, root)
     tags = {
         "git_commit": tracking.git_commit(root),
@@ -225,6 +237,7 @@ def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
 @flow(name="rewardflow-pipeline")
 def training_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """validate -> sft -> grpo -> evaluate -> register, each skipped when DVC says it is up to date."""
+    _join_warm_up()
     p = load_params(params_file, overrides or ())
     lineage = Lineage.for_params(params_file, overrides)
     prepare_data(p, lineage)
