@@ -262,7 +262,7 @@ def main() -> None:
         )
         grpo_curve = {}
         for factor in (1, 2, 4):
-            g = grpo_breakdown(workdir, max(4, grpo_steps // 2), p.grpo.prompts_per_step * factor)
+            g = grpo_breakdown(workdir, grpo_steps, p.grpo.prompts_per_step * factor)
             grpo_curve[factor] = g["step_time"]
         out["scaling_grpo_step_s"] = grpo_curve
         print(
