@@ -192,6 +192,8 @@ class GrpoConfig:
     dead_window: int
     dead_low: float
     dead_high: float
+    # stop when at least this fraction of groups is low-diversity for dead_window consecutive logs (collapse)
+    collapse_low_diversity_frac: float
     # generation through vLLM (TRL's use_vllm; needs a GPU and `pip install vllm`): colocate (in the training
     # process, sharing the GPU) or server (`trl vllm-serve` on another GPU)
     use_vllm: bool
@@ -226,6 +228,11 @@ class GrpoConfig:
         _check(self.logging_steps >= 1, "logging_steps", f"must be >= 1 (got {self.logging_steps})")
         _check(self.save_steps >= 1, "save_steps", f"must be >= 1 (got {self.save_steps})")
         _check(self.dead_window >= 1, "dead_window", f"must be >= 1 (got {self.dead_window})")
+        _check(
+            0.0 < self.collapse_low_diversity_frac <= 1.0,
+            "collapse_low_diversity_frac",
+            f"must be in (0, 1] (got {self.collapse_low_diversity_frac})",
+        )
         _check(
             0.0 <= self.dead_low < self.dead_high <= 1.0,
             "dead_low",

@@ -78,6 +78,7 @@ class LogCapture:
         outer = self
         self.label = label
         self.logs: list[dict[str, float]] = []
+        self.stop_reason: str | None = None  # set by a subclass to end training early
 
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
@@ -88,6 +89,8 @@ class LogCapture:
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs:
                     outer.on_log(state.global_step, logs)
+                    if outer.stop_reason:
+                        control.should_training_stop = True
                     shown = ", ".join(f"{k} {logs[k]:.4g}" for k in outer.PROGRESS_KEYS if k in logs)
                     if shown:  # the end-of-training summary log has none of them
                         log.info("%s step %d/%d: %s", outer.label, state.global_step, state.max_steps, shown)
@@ -100,16 +103,31 @@ class LogCapture:
 
 class DeadComponentMonitor(LogCapture):
     """The article's diagnostic as a feature: a reward component whose mean stays above `high` or below `low`
-    for `window` consecutive logs gives no signal; it is reported once (warning) and recorded."""
+    for `window` consecutive logs gives no signal; it is reported once (warning) and recorded.
 
-    def __init__(self, window: int, low: float, high: float, label: str = "grpo") -> None:
+    Collapse guard: when at least `collapse_frac` of the groups are low-diversity (fewer than min_unique_ratio of
+    their completions distinct) for `window` consecutive logs, the policy answers every prompt the same way (the
+    "3 3 3 3" reward hack seen with an under-trained SFT model); every advantage is then zero and more steps only
+    cost time, so training stops there with a warning and the reason is recorded."""
+
+    def __init__(self, window: int, low: float, high: float, collapse_frac: float = 1.0, label: str = "grpo") -> None:
         super().__init__(label)
-        self.window, self.low, self.high = window, low, high
+        self.window, self.low, self.high, self.collapse_frac = window, low, high, collapse_frac
         self.history: dict[str, list[float]] = defaultdict(list)
         self.dead: dict[str, str] = {}
 
     def on_log(self, step: int, logs: dict[str, Any]) -> None:
         super().on_log(step, logs)
+        low_diversity = logs.get(f"{STATS_PREFIX}low_diversity_group_frac")
+        if low_diversity is not None and self.stop_reason is None:
+            recent = [*self.history["_low_diversity"], low_diversity][-self.window :]
+            self.history["_low_diversity"] = recent
+            if len(recent) == self.window and all(v >= self.collapse_frac for v in recent):
+                self.stop_reason = (
+                    f"collapsed at step {step}: {recent[-1]:.0%} of groups low-diversity for {self.window} logs "
+                    f"(grpo.collapse_low_diversity_frac {self.collapse_frac})"
+                )
+                log.warning("grpo stopped early: policy %s; its groups carry no advantage", self.stop_reason)
         for name in COMPONENTS[:-1]:
             value = logs.get(f"{STATS_PREFIX}{name}/mean")
             if value is None:
@@ -505,7 +523,9 @@ def run_grpo(p: Params) -> dict[str, Any]:
     model, tokenizer = load_pretrained(sft_dir, p.model.trust_remote_code)
     # --- reward
     funcs, weights = build_reward_funcs(p.reward.mode, p.reward.config, p.reward.binary_tolerance)
-    monitor = DeadComponentMonitor(p.grpo.dead_window, p.grpo.dead_low, p.grpo.dead_high)
+    monitor = DeadComponentMonitor(
+        p.grpo.dead_window, p.grpo.dead_low, p.grpo.dead_high, p.grpo.collapse_low_diversity_frac
+    )
     # --- train, resuming an interrupted run of the same params, data and SFT model from its last complete checkpoint
     fingerprint = stage_fingerprint(p, "grpo", [p.paths.train_file, sft_dir])
     checkpoints = Checkpoints(p.paths.models_dir, "grpo", fingerprint, p.grpo.max_steps)
@@ -568,7 +588,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
         _write_logs(
             Path(p.paths.reports_dir) / "grpo_logs.json",
             monitor.logs,
-            {"summary": summary, "dead_components": monitor.dead},
+            {"summary": summary, "dead_components": monitor.dead, "stopped_early": monitor.stop_reason},
         )
     log.info("grpo: %d steps in %.1fs -> %s", result.global_step, summary["train_runtime"] or 0.0, out_dir)
     return {

@@ -240,6 +240,12 @@ BAD_PARAMS = [
     # register: a metric evaluate does not compute, and a negative margin
     ("register.primary_metric=loss", r"register\.primary_metric must be one of"),
     ("register.min_improvement=-0.1", r"register\.min_improvement must be >= 0"),
+    # launcher: a process count that does not divide the global batch, or a missing accelerate config
+    ("launcher.num_processes=3", r"sft\.batch_size must be divisible by launcher\.num_processes \(3\)"),
+    ("launcher.config_file=configs/accelerate/none.yaml", r"launcher\.config_file .* is not a file"),
+    # grpo's collapse guard and vLLM settings
+    ("grpo.collapse_low_diversity_frac=0", r"grpo\.collapse_low_diversity_frac must be in \(0, 1\]"),
+    ("grpo.vllm_mode=remote", r"grpo\.vllm_mode must be colocate or server"),
 ]
 
 

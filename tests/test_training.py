@@ -186,6 +186,33 @@ def test_dead_component_monitor():
     assert "step 6" in monitor.dead["format"]
 
 
+@pytest.mark.parametrize(
+    "fractions, stops_at",
+    [
+        ([0.0, 0.25, 0.5, 1.0], None),  # healthy groups: never stops
+        ([1.0, 1.0, 0.5, 1.0, 1.0], None),  # collapsed for 2 logs, recovered, 2 again: the window is 3
+        ([0.5, 0.9, 1.0, 0.95], 4),  # >= 0.9 for logs 2-4: stops at the 4th
+        ([1.0, 1.0, 1.0, 1.0], 3),  # stops as soon as the window is full, and only once
+    ],
+)
+def test_collapse_guard_stops_training(fractions, stops_at):
+    """The collapse guard ends training through the Trainer's own control flag, with the reason recorded."""
+    from transformers import TrainerControl, TrainerState
+
+    monitor = DeadComponentMonitor(window=3, low=0.02, high=0.98, collapse_frac=0.9)
+    state, stopped = TrainerState(), None
+    for step, frac in enumerate(fractions, start=1):
+        state.global_step = step
+        control = TrainerControl()
+        monitor.callback.on_log(None, state, control, logs={"reward_stats/low_diversity_group_frac": frac})
+        if control.should_training_stop and stopped is None:
+            stopped = step
+    assert stopped == stops_at
+    assert (monitor.stop_reason is not None) == (stops_at is not None)
+    if stops_at:
+        assert f"collapsed at step {stops_at}" in monitor.stop_reason
+
+
 @pytest.mark.slow
 def test_two_processes_through_accelerate_launch(tiny):
     """launcher.num_processes=2 runs sft and grpo under `accelerate launch` (DDP, gloo on this CPU): each process
