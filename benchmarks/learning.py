@@ -1,8 +1,9 @@
 """Does GRPO take the model past the SFT plateau? Held-out metrics over seeds, on the embedded default.
 
-For each seed: base (untrained) model, SFT only, then SFT + GRPO with each reward mode at equal GRPO steps,
-all evaluated on the held-out file with the pipeline's own stage functions. Prints a markdown table of
-mean ± std over seeds and the wall time of the default train path (SFT -> GRPO multi -> evaluate).
+For each seed: base (untrained) model, SFT only, then SFT + GRPO with each reward mode at equal GRPO steps, and
+(with mode multi) SFT alone given GRPO's wall time as extra steps (the equal-compute baseline); all evaluated on
+the held-out file with the pipeline's own stage functions. Prints a markdown table of mean ± std over seeds and
+the wall time of the default train path (SFT -> GRPO multi -> evaluate).
 
     .venv/bin/python benchmarks/learning.py                       # 3 seeds, modes exact binary multi
     .venv/bin/python benchmarks/learning.py --seeds 1 --set grpo.learning_rate=3e-4
@@ -58,6 +59,16 @@ def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -
         results[f"grpo_{mode}"] = _eval(workdir / "models/grpo", pm, heldout)
         eval_seconds = time.perf_counter() - t2
         if mode == "multi":
+            # Equal-compute baseline: SFT alone, given the wall time GRPO took as extra SFT steps (from scratch,
+            # same schedule), so "GRPO helps" means more than "more training helps".
+            extra = round(grpo_seconds / (sft_seconds / p.sft.max_steps))
+            steps = p.sft.max_steps + extra
+            pe = load_params(
+                "params.yaml", [*base, *overrides, f"paths.models_dir={workdir}/models_eq", f"sft.max_steps={steps}"]
+            )
+            run_sft(pe)
+            results["sft_equal_compute"] = _eval(workdir / "models_eq/sft", pe, heldout)
+            results["sft_equal_compute"]["steps"] = steps
             results["timing"] = {
                 "sft_s": sft_seconds,
                 "grpo_s": grpo_seconds,
@@ -69,6 +80,7 @@ def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -
 
 def summarise(per_seed: list[dict[str, dict]]) -> str:
     rows = [k for k in per_seed[0] if k != "timing"]
+    rows = [*[r for r in rows if r != "sft_equal_compute"], *[r for r in rows if r == "sft_equal_compute"]]
     lines = ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for row in rows:
         cells = []
