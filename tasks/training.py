@@ -182,13 +182,11 @@ def _read_json(path: Path) -> Any:
 def stage_fingerprint(p: Params, stage: str, inputs: list[str | Path]) -> str:
     """sha256 (16 hex digits) of the stage's params sections and the bytes of its input files and folders:
     a checkpoint made with anything else must not be resumed."""
+    from tasks.tracking import hash_files
+
     full = p.to_dict()
-    digest = hashlib.sha256(json.dumps({k: full[k] for k in STAGE_PARAMS[stage]}, sort_keys=True).encode())
-    for path in map(Path, inputs):
-        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-        for f in files:
-            digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0" + f.read_bytes())
-    return digest.hexdigest()[:16]
+    sections = json.dumps({k: full[k] for k in STAGE_PARAMS[stage]}, sort_keys=True)
+    return hashlib.sha256(f"{sections}\0{hash_files(inputs)}".encode()).hexdigest()[:16]
 
 
 class Checkpoints:

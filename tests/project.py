@@ -1,9 +1,13 @@
 """A temporary git + DVC copy of the project with tiny params, for tests that run the pipeline for real."""
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -50,3 +54,56 @@ def make_repo(repo: Path, generate: bool = True):
         shutil.rmtree(repo / "data")
         shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
     return repo, env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, seconds: float) -> None:
+    """Poll url until it answers; fail with the process's stderr if it dies or the time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
+                raise AssertionError(f"{url} did not come up: {err}") from None
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_store_uri: str, artifacts: Path, seconds: float = 120):
+    """`mlflow server` on 127.0.0.1 (one worker) with this backend store; yields its URI, stops it afterwards."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend_store_uri,
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{uri}/health", proc, seconds)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -3,13 +3,12 @@ holding a copy of the project with tiny params. Tests in this module run in orde
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from project import make_repo, set_params, sh
+from project import free_port, make_repo, mlflow_server, set_params, sh
 
 pytestmark = pytest.mark.slow
 
@@ -48,12 +47,6 @@ def _runs(client, parent_id):
         [client.get_run(parent_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
     )
     return {r.info.run_name: r for r in runs}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_first_run_trains_tracks_and_registers_a_champion(project):
@@ -240,7 +233,7 @@ def test_unreachable_tracking_server_fails_fast_and_trains_nothing(project, monk
     from tasks.tracking import TrackingUnavailable
 
     repo, env = project
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     set_params(repo, {"sft": {"max_steps": 4}})  # sft would run if the pipeline got that far
     lock = (repo / "dvc.lock").read_text()
     started = time.perf_counter()
@@ -273,45 +266,12 @@ def test_pipeline_against_a_real_mlflow_server(project, tmp_path, monkeypatch):
     model there, and a fresh process loads the champion from it and predicts scores."""
     import subprocess
     import sys
-    import urllib.request
 
     from flows.pipeline import training_pipeline
 
     repo, env = project
     sh(["git", "checkout", "-q", "--", "params.yaml"], repo, env)
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(tmp_path / "art"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"mlflow server did not start: {server.stderr.read() if server.poll() else ''}"
-                    ) from None
-                time.sleep(1)
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "art") as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         summary = training_pipeline()
         assert summary["model_version"] == "1" and summary["promoted"]
@@ -331,6 +291,3 @@ def test_pipeline_against_a_real_mlflow_server(project, tmp_path, monkeypatch):
         assert out.returncode == 0, out.stderr
         (scores,) = json.loads(out.stdout.strip().splitlines()[-1])
         assert isinstance(scores, list) and all(isinstance(s, int) for s in scores)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 from mlflow.tracking._model_registry import utils as registry_uri_state
 from mlflow.tracking._tracking_service import utils as tracking_uri_state
+from project import free_port
 
 from tasks.config import PROMOTABLE_METRICS, RegisterConfig, load_params
 from tasks.data import generate_dataset, generate_rows
@@ -468,12 +468,6 @@ def test_champion_loads_in_a_fresh_process(client, scorer, name, tmp_path):
     assert tasks_dir.parent.name == "code" and not tasks_dir.is_relative_to(ROOT), result["tasks"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url, payload):
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
@@ -485,7 +479,7 @@ def _post(url, payload):
 @pytest.mark.slow
 def test_champion_is_served_by_mlflow_models_serve(client, scorer, name, tmp_path):
     _promoted_champion(client, scorer, name)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_file = tmp_path / "serve.log"
     command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion"]

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.tracking._model_registry import utils as registry_uri_state
 from mlflow.tracking._tracking_service import utils as tracking_uri_state
+from project import free_port
 
 from tasks import tracking
 from tasks.config import RegisterConfig
@@ -36,17 +37,11 @@ CFG = RegisterConfig(model_name="unused", primary_metric="within_1", min_improve
 FAST_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`mlflow server` on 127.0.0.1 with a SQLite backend; can be stopped and started again on the same port."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, _free_port()
+        self.folder, self.port = folder, free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
@@ -396,7 +391,7 @@ def test_a_password_in_the_tracking_uri_never_reaches_logs_tags_or_messages(
         _register(client, "credentials", run_id, 0.5)
         tags = {**client.get_run(run_id).data.tags, **client.get_model_version("credentials", "1").tags}
     # a server that is down: the error names the address, redacted
-    dead = f"http://rewardflow:s3cr3t-pw@127.0.0.1:{_free_port()}"
+    dead = f"http://rewardflow:s3cr3t-pw@127.0.0.1:{free_port()}"
     with pytest.raises(TrackingUnavailable) as err:
         tracking.check_server(dead)
     assert "http://rewardflow:***@127.0.0.1" in str(err.value)

@@ -4,23 +4,14 @@ code. Skipped, with the reason, only where the PostgreSQL server binaries or the
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from project import free_port, mlflow_server
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres_user(args: list[str]) -> list[str]:
@@ -30,19 +21,6 @@ def _as_postgres_user(args: list[str]) -> list[str]:
     if shutil.which("runuser") is None:
         pytest.skip("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
     return ["runuser", "-u", "postgres", "--", *args]
-
-
-def _wait_for(url: str, proc: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
-                raise AssertionError(f"{url} did not come up: {err}") from None
-            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +39,7 @@ def postgres():
         shutil.chown(base, "postgres")
         shutil.chown(data, "postgres")
         shutil.chown(sockets, "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         _as_postgres_user(["initdb", "-D", str(data), "-U", "mlflow", "--auth=trust"]),
         check=True,
@@ -86,34 +64,8 @@ def postgres():
 @pytest.fixture(scope="module")
 def server(postgres, tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with the PostgreSQL backend store and a local artifact destination."""
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            postgres,
-            "--artifacts-destination",
-            str(artifacts),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{uri}/health", proc, 120)
+    with mlflow_server(postgres, tmp_path_factory.mktemp("artifacts")) as uri:
         yield uri
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_tracking_and_registry_on_a_postgres_backed_server(server, monkeypatch):
