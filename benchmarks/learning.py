@@ -26,11 +26,35 @@ from tasks.evaluation import evaluate_checkpoint
 from tasks.modeling import load_base_model, save_artifact
 from tasks.training import run_grpo, run_sft
 
-METRICS = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance")
+METRICS = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance", "consensus_accuracy")
 
 
-def _eval(model_dir: Path, p, rows) -> dict[str, float]:
-    metrics, _ = evaluate_checkpoint(model_dir, p, rows)
+def consensus_scores(p, heldout: list[dict]) -> dict[str, list[int]] | None:
+    """The consensus score of every held-out prompt (what the embedded task's raters scatter around), or None when
+    the held-out file is not the embedded task's."""
+    from tasks.data import generate_rows, read_jsonl
+
+    t = p.task
+    train_prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)]
+    shape = (t.n_items, t.min_score, t.max_score)
+    consensus = dict(rater_bias=(0.0, 1.0, 0.0), modifier_rate=t.modifier_rate)
+    rows = generate_rows(t.n_heldout, t.heldout_seed, *shape, exclude=train_prompts, **consensus)
+    if [r["prompt"] for r in rows] != [r["prompt"] for r in heldout]:
+        return None
+    return {r["prompt"]: r["scores"] for r in rows}
+
+
+def _eval(model_dir: Path, p, rows, consensus: dict[str, list[int]] | None) -> dict[str, float]:
+    metrics, records = evaluate_checkpoint(model_dir, p, rows)
+    if consensus is not None:
+        # item accuracy against the consensus score instead of the one rater's label: did the model learn the
+        # centre of the raters, or to imitate the most frequent rater?
+        hits = []
+        for r in records:
+            truth = consensus[r["prompt"]]
+            pred = r["prediction"] if len(r["prediction"]) == len(truth) else [None] * len(truth)
+            hits += [a == b for a, b in zip(pred, truth, strict=True)]
+        metrics["consensus_accuracy"] = sum(hits) / len(hits)
     return metrics
 
 
@@ -40,23 +64,24 @@ def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -
     base = [f"seed={seed}", f"paths.models_dir={workdir}/models", f"paths.reports_dir={workdir}/reports"]
     p = load_params("params.yaml", [*base, *overrides])
     heldout = read_jsonl(p.paths.heldout_file)
+    consensus = consensus_scores(p, heldout)
     train_prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)]
     results: dict[str, dict] = {}
 
     model, tok = load_base_model(p.model, train_prompts, p.seed)
-    results["base"] = _eval(save_artifact(model, tok, workdir / "models/base", {}), p, heldout)
+    results["base"] = _eval(save_artifact(model, tok, workdir / "models/base", {}), p, heldout, consensus)
 
     t0 = time.perf_counter()
     run_sft(p)
     sft_seconds = time.perf_counter() - t0
-    results["sft"] = _eval(workdir / "models/sft", p, heldout)
+    results["sft"] = _eval(workdir / "models/sft", p, heldout, consensus)
     for mode in modes:
         pm = load_params("params.yaml", [*base, *overrides, f"reward.mode={mode}"])
         t1 = time.perf_counter()
         run_grpo(pm)
         grpo_seconds = time.perf_counter() - t1
         t2 = time.perf_counter()
-        results[f"grpo_{mode}"] = _eval(workdir / "models/grpo", pm, heldout)
+        results[f"grpo_{mode}"] = _eval(workdir / "models/grpo", pm, heldout, consensus)
         eval_seconds = time.perf_counter() - t2
         if mode == "multi":
             # Equal-compute baseline: SFT alone, given the wall time GRPO took as extra SFT steps (from scratch,
@@ -67,7 +92,7 @@ def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -
                 "params.yaml", [*base, *overrides, f"paths.models_dir={workdir}/models_eq", f"sft.max_steps={steps}"]
             )
             run_sft(pe)
-            results["sft_equal_compute"] = _eval(workdir / "models_eq/sft", pe, heldout)
+            results["sft_equal_compute"] = _eval(workdir / "models_eq/sft", pe, heldout, consensus)
             results["sft_equal_compute"]["steps"] = steps
             results["timing"] = {
                 "sft_s": sft_seconds,
@@ -81,10 +106,11 @@ def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -
 def summarise(per_seed: list[dict[str, dict]]) -> str:
     rows = [k for k in per_seed[0] if k != "timing"]
     rows = [*[r for r in rows if r != "sft_equal_compute"], *[r for r in rows if r == "sft_equal_compute"]]
-    lines = ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    metrics = [m for m in METRICS if all(m in r[row] for r in per_seed for row in rows)]
+    lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for row in rows:
         cells = []
-        for m in METRICS:
+        for m in metrics:
             values = [r[row][m] for r in per_seed]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}")
@@ -109,7 +135,10 @@ def main() -> None:
         print(
             f"seed {seed}: "
             + json.dumps(
-                {k: {m: round(v[m], 4) for m in METRICS} if k != "timing" else v for k, v in per_seed[-1].items()}
+                {
+                    k: {m: round(v[m], 4) for m in METRICS if m in v} if k != "timing" else v
+                    for k, v in per_seed[-1].items()
+                }
             ),
             flush=True,
         )

@@ -69,9 +69,21 @@ class TaskConfig:
     n_heldout: int
     train_seed: int
     heldout_seed: int
+    # Probabilities that a label's rater scores one point below / at / one above the review's consensus score.
+    rater_bias: tuple[float, ...]
+    # Probability that a sentiment word carries a modifier ("very" doubles it, "not" flips it).
+    modifier_rate: float
 
     def __post_init__(self) -> None:
         _check(self.n_items >= 1, "n_items", f"must be >= 1 (got {self.n_items})")
+        bias = self.rater_bias
+        _check(
+            len(bias) == 3 and all(isinstance(b, int | float) and 0 <= b <= 1 for b in bias),
+            "rater_bias",
+            f"must be three probabilities [below, at, above] in [0, 1] (got {list(bias)})",
+        )
+        _check(0 <= self.modifier_rate <= 1, "modifier_rate", f"must be in [0, 1] (got {self.modifier_rate})")
+        _check(abs(sum(bias) - 1) < 1e-6, "rater_bias", f"must sum to 1 (got {list(bias)}, sum {sum(bias):g})")
         _check(self.max_score > self.min_score, "max_score", "must be greater than min_score")
         _check(self.n_train >= 1, "n_train", f"must be >= 1 (got {self.n_train})")
         _check(self.n_heldout >= 1, "n_heldout", f"must be >= 1 (got {self.n_heldout})")

@@ -2,10 +2,13 @@
 
 A row is `{"prompt": str, "scores": [int, ...]}` — the schema users bring their own data in.
 
-The embedded task: a short synthetic restaurant review covering `n_items` aspects; each aspect is scored by its
-sentiment — +1 per positive word, -1 per negative word, "very" doubling and "not" flipping the next one — around
-a neutral midpoint, clipped to the score range. A small model learns the format quickly and the counting only
-approximately, so off-by-one near-misses are natural.
+The embedded task: a short synthetic restaurant review covering `n_items` aspects. Each aspect has a consensus
+score, its sentiment (+1 per positive word, -1 per negative word; "very" doubles and "not" flips the next one when
+task.modifier_rate puts modifiers in) around a neutral midpoint, clipped to the score range. Each label is one
+rater's score: task.rater_bias gives the probabilities that the rater scores one point below, at, or one point
+above the consensus. With the default [0.35, 0.3, 0.35] the most frequent label of a review is one of the two
+off-by-one scores, not the consensus: a likelihood-trained model that decodes greedily imitates the most frequent
+rater, while the consensus is what is within 1 of every rater (the reward's within-1 and MAE terms pay for that).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,9 @@ POSITIVE = ("great", "tasty", "fresh", "friendly", "cheap", "cozy", "lovely", "q
 NEGATIVE = ("bland", "slow", "rude", "pricey", "noisy", "dirty", "stale", "cold", "awful", "cramped")
 FILLERS = ("okay", "fine", "average", "usual", "decent")
 JOINERS = ("and", "but", "yet", "also")
-MODIFIERS = ("", "very", "not")
-MODIFIER_WEIGHTS = (0.6, 0.25, 0.15)
+MODIFIERS = ("very", "not")
+# how a modifier splits between "very" and "not"
+MODIFIER_SPLIT = (0.625, 0.375)
 
 
 class DataFileError(ValueError):
@@ -56,14 +60,15 @@ def label_for(sentiment: int, min_score: int, max_score: int) -> int:
     return max(min_score, min(max_score, neutral + sentiment))
 
 
-def _aspect_phrase(rng: random.Random, aspect: str, max_words: int) -> tuple[str, int]:
+def _aspect_phrase(rng: random.Random, aspect: str, max_words: int, modifier_rate: float) -> tuple[str, int]:
     n_pos, n_neg = rng.randint(0, max_words), rng.randint(0, max_words)
     words = rng.sample(POSITIVE, n_pos) + rng.sample(NEGATIVE, n_neg)
     if not words:
         words = [rng.choice(FILLERS)]
     rng.shuffle(words)
-    # Modifiers make the count context-dependent: near-misses stay natural for a small model.
-    words = [f"{rng.choices(MODIFIERS, MODIFIER_WEIGHTS)[0]} {w}".strip() for w in words]
+    # Modifiers make the count context-dependent (and much slower for a small model to learn).
+    weights = (1 - modifier_rate, modifier_rate * MODIFIER_SPLIT[0], modifier_rate * MODIFIER_SPLIT[1])
+    words = [f"{rng.choices(('', *MODIFIERS), weights)[0]} {w}".strip() for w in words]
     joined = [words[0]]
     for word in words[1:]:
         joined += [rng.choice(JOINERS), word]
@@ -72,12 +77,26 @@ def _aspect_phrase(rng: random.Random, aspect: str, max_words: int) -> tuple[str
 
 
 def generate_rows(
-    n: int, seed: int, n_items: int = 4, min_score: int = 1, max_score: int = 5, exclude: Iterable[str] = ()
+    n: int,
+    seed: int,
+    n_items: int = 4,
+    min_score: int = 1,
+    max_score: int = 5,
+    exclude: Iterable[str] = (),
+    rater_bias: Sequence[float] = (0.0, 1.0, 0.0),
+    modifier_rate: float = 0.4,
 ) -> list[dict[str, Any]]:
-    """n distinct rows of the embedded task; the same arguments always give the same rows."""
+    """n distinct rows of the embedded task; the same arguments always give the same rows.
+
+    Each row's scores are one rater's: with probabilities rater_bias = (below, at, above) the rater scores an
+    aspect one point below, at, or one point above its consensus score (clipped to the range). The prompts do
+    not depend on rater_bias: the raters draw from their own seeded stream. modifier_rate is the probability that
+    a sentiment word carries "very" or "not".
+    """
     if not 1 <= n_items <= len(ASPECTS):
         raise ValueError(f"the embedded task supports 1..{len(ASPECTS)} items (task.n_items), got {n_items}")
     rng = random.Random(seed)
+    raters = random.Random(f"raters-{seed}")
     aspects = ASPECTS[:n_items]
     # Enough sentiment words per aspect to reach both ends of the score range from the midpoint.
     max_words = (max_score - min_score) // 2
@@ -90,13 +109,15 @@ def generate_rows(
             raise ValueError(f"cannot draw {n} distinct prompts for this task size; lower task.n_train/n_heldout")
         phrases, scores = [], []
         for aspect in aspects:
-            phrase, sentiment = _aspect_phrase(rng, aspect, max_words)
+            phrase, sentiment = _aspect_phrase(rng, aspect, max_words, modifier_rate)
             phrases.append(phrase)
             scores.append(label_for(sentiment, min_score, max_score))
         prompt = f"review : {' '.join(phrases)} rate {' '.join(aspects)} from {min_score} to {max_score} :"
         if prompt in seen:
             continue
         seen.add(prompt)
+        offsets = raters.choices((-1, 0, 1), weights=rater_bias, k=len(scores))
+        scores = [max(min_score, min(max_score, s + o)) for s, o in zip(scores, offsets, strict=True)]
         rows.append({"prompt": prompt, "scores": scores})
     return rows
 
@@ -120,8 +141,9 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
 def generate_dataset(train_file: str | Path, heldout_file: str | Path, task: TaskConfig) -> tuple[Path, Path]:
     """Write the train and held-out files of the embedded task; no held-out prompt appears in train."""
     shape = (task.n_items, task.min_score, task.max_score)
-    train = generate_rows(task.n_train, task.train_seed, *shape)
-    heldout = generate_rows(task.n_heldout, task.heldout_seed, *shape, exclude=(r["prompt"] for r in train))
+    labels = dict(rater_bias=task.rater_bias, modifier_rate=task.modifier_rate)
+    train = generate_rows(task.n_train, task.train_seed, *shape, **labels)
+    heldout = generate_rows(task.n_heldout, task.heldout_seed, *shape, exclude=(r["prompt"] for r in train), **labels)
     return write_jsonl(train_file, train), write_jsonl(heldout_file, heldout)
 
 

@@ -66,6 +66,10 @@ def test_override_changes_one_value():
         (lambda r: r["reward"].update(mode="dense"), r"reward\.mode must be one of multi, binary, exact"),
         (lambda r: r["reward"].update(max_mae=0), r"reward\.max_mae must be > 0"),
         (lambda r: r["task"].update(max_score=1), r"task\.max_score must be greater than min_score"),
+        (lambda r: r["task"].update(rater_bias=[0.5, 0.5, 0.5]), r"task\.rater_bias must sum to 1"),
+        (lambda r: r["task"].update(modifier_rate=1.5), r"task\.modifier_rate must be in \[0, 1\]"),
+        (lambda r: r["task"].update(rater_bias=[0.5, 0.5]), r"task\.rater_bias must be three probabilities"),
+        (lambda r: r["task"].update(rater_bias=[-0.5, 1.0, 0.5]), r"task\.rater_bias must be three probabilities"),
         (
             lambda r: r["sft"]["lora"].update(enabled="maybe"),
             r"sft\.lora\.enabled must be true, false or auto",

@@ -17,7 +17,17 @@ from tasks.data import (
     write_jsonl,
 )
 
-TASK = TaskConfig(n_items=4, min_score=1, max_score=5, n_train=300, n_heldout=60, train_seed=1, heldout_seed=2)
+TASK = TaskConfig(
+    n_items=4,
+    min_score=1,
+    max_score=5,
+    n_train=300,
+    n_heldout=60,
+    train_seed=1,
+    heldout_seed=2,
+    rater_bias=(0.0, 1.0, 0.0),
+    modifier_rate=0.4,
+)
 
 
 def _digest(path):
@@ -70,6 +80,37 @@ def test_labels_match_a_recount_of_the_prompt():
         for segment, score in zip(segments, row["scores"], strict=True):
             words = segment.split(" : ")[1].split()
             assert score == label_for(phrase_sentiment(words), 1, 5), segment
+
+
+def test_rater_bias_moves_labels_off_the_consensus_by_its_probabilities():
+    """Labels are one rater's scores: below/at/above the consensus with rater_bias's probabilities, clipped to the
+    range; the prompts are the same whatever the raters do."""
+    consensus = generate_rows(3000, seed=5)
+    biased = generate_rows(3000, seed=5, rater_bias=(0.35, 0.3, 0.35))
+    assert [r["prompt"] for r in biased] == [r["prompt"] for r in consensus]
+    offsets = {-1: 0, 0: 0, 1: 0}
+    for c_row, b_row in zip(consensus, biased, strict=True):
+        for c, b in zip(c_row["scores"], b_row["scores"], strict=True):
+            assert 1 <= b <= 5 and abs(b - c) <= 1
+            if 2 <= c <= 4:  # away from the clipped ends every offset shows
+                offsets[b - c] += 1
+    total = sum(offsets.values())
+    assert total > 5000
+    for offset, expected in ((-1, 0.35), (0, 0.3), (1, 0.35)):
+        assert abs(offsets[offset] / total - expected) < 0.02, offsets
+    # deterministic for a seed
+    assert generate_rows(50, seed=5, rater_bias=(0.35, 0.3, 0.35)) == biased[:50]
+
+
+def test_modifier_rate_zero_leaves_plain_counts():
+    rows = generate_rows(300, seed=4, modifier_rate=0.0)
+    words = {w for r in rows for w in r["prompt"].split()}
+    assert not words & {"very", "not"}
+    assert {"very", "not"} <= {w for r in generate_rows(300, seed=4) for w in r["prompt"].split()}
+    for row in rows:  # the label is still the rule's count
+        segments = row["prompt"].removeprefix("review : ").split(" . ")[:4]
+        for segment, score in zip(segments, row["scores"], strict=True):
+            assert score == label_for(phrase_sentiment(segment.split(" : ")[1].split()), 1, 5)
 
 
 def test_too_many_items_fails():
@@ -145,3 +186,33 @@ def test_generate_recreates_what_data_dvc_pins(tmp_path):
     )
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == {}, status.stdout
+
+
+def test_with_rater_bias_the_reward_pays_for_the_consensus_not_the_most_frequent_label():
+    """The embedded default's reason to exist: the most frequent label of a review is off the consensus, yet the
+    combined reward (and within-1, MAE) is highest for answering the consensus — the gap GRPO is for."""
+    from tasks.evaluation import score_predictions
+    from tasks.rewards import RewardConfig
+
+    bias = (0.35, 0.3, 0.35)
+    consensus = generate_rows(2000, seed=9, modifier_rate=0.0)
+    labelled = generate_rows(2000, seed=9, modifier_rate=0.0, rater_bias=bias)
+    truths = [r["scores"] for r in labelled]
+
+    def metrics(shift):
+        texts = [" ".join(str(min(5, max(1, s + shift))) for s in r["scores"]) for r in consensus]
+        return score_predictions(texts, truths, RewardConfig(), 1, 5)[0]
+
+    at, below, above = metrics(0), metrics(-1), metrics(1)
+    assert at["within_1"] == 1.0
+    for off in (below, above):
+        assert at["mean_reward"] > off["mean_reward"] + 0.04
+        assert at["mae"] < off["mae"] - 0.15 and off["within_1"] < 0.8
+    # labels are off the consensus more often than on it, away from the clipped ends
+    interior = [
+        (c, s)
+        for rc, rl in zip(consensus, labelled, strict=True)
+        for c, s in zip(rc["scores"], rl["scores"], strict=True)
+        if 2 <= c <= 4
+    ]
+    assert sum(c == s for c, s in interior) / len(interior) < 0.35
