@@ -110,7 +110,7 @@ def test_resume_point(tmp_path, caplog, folder_fp, found, resumed, left, logged)
 @pytest.mark.parametrize(
     "stage, change, same",
     [
-        ("sft", "sft.learning_rate=0.002", False),  # the stage's own section
+        ("sft", "sft.learning_rate=0.0031", False),  # the stage's own section
         ("sft", "model.hidden_size=64", False),  # a section dvc.yaml gives the stage
         ("sft", "seed=7", False),  # the seed
         ("sft", "grpo.temperature=0.9", True),  # another stage's section
