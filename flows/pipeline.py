@@ -40,34 +40,41 @@ def _tracking_error(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-_WARM_UPS: list[threading.Thread] = []
-
-
 # The libraries the stages import, in import order of the first stages (validate, then sft and grpo).
 WARM_UP_IMPORTS = ("great_expectations", "torch", "transformers", "datasets", "trl", "peft")
 
 
 def warm_up(p: Params) -> None:
-    """While Prefect's temporary server starts (10-20 s, mostly waiting on a subprocess): open the MLflow store
-    (on a first run, create it: ~5 s of migrations) and import the stages' heavy libraries (~6 s). The flow waits
-    for this before doing anything, so no import ever runs in two threads at once; errors are left to the real
-    call, which reports them properly."""
+    """Before the flow: start Prefect's temporary server in a thread (10-20 s, nearly all of it waiting on the
+    server's subprocess) and meanwhile, in this thread, open the MLflow store (on a first run, create it: ~5 s of
+    migrations) and import the stages' heavy libraries (~6 s). Returns once the server answers.
 
-    def work() -> None:
-        with contextlib.suppress(Exception):
-            tracking.connect(p, Path.cwd())
-        for module in WARM_UP_IMPORTS:
+    Only the calling thread imports: what the server thread runs is imported here before it starts. (Importing in
+    two threads at once broke sqlalchemy's circular imports: "partially initialized module".) Errors are left to
+    the real calls, which report them properly: a server that failed to start is started again by the flow."""
+    from prefect.settings import PREFECT_API_URL
+
+    server_thread = None
+    if not PREFECT_API_URL.value():  # the flow would start a temporary server: start it now
+        import encodings.idna  # noqa: F401  (httpx's first connection to 127.0.0.1 imports it)
+
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()  # the instance the flow's client will find running
+
+        def start() -> None:
             with contextlib.suppress(Exception):
-                importlib.import_module(module)
+                server.start()
 
-    thread = threading.Thread(target=work, name="rewardflow-warm-up", daemon=True)
-    thread.start()
-    _WARM_UPS.append(thread)
-
-
-def _join_warm_up() -> None:
-    while _WARM_UPS:
-        _WARM_UPS.pop().join()
+        server_thread = threading.Thread(target=start, name="rewardflow-prefect-server", daemon=True)
+        server_thread.start()
+    with contextlib.suppress(Exception):
+        tracking.connect(p, Path.cwd())
+    for module in WARM_UP_IMPORTS:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+    if server_thread is not None:
+        server_thread.join()
 
 
 TRACKING_RETRIES = dict(retries=2, retry_delay_seconds=3, retry_condition_fn=_tracking_error)
@@ -237,7 +244,6 @@ def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
 @flow(name="rewardflow-pipeline")
 def training_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """validate -> sft -> grpo -> evaluate -> register, each skipped when DVC says it is up to date."""
-    _join_warm_up()
     p = load_params(params_file, overrides or ())
     lineage = Lineage.for_params(params_file, overrides)
     prepare_data(p, lineage)
