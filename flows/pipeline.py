@@ -58,7 +58,12 @@ def warm_up(p: Params) -> None:
     if not PREFECT_API_URL.value():  # the flow would start a temporary server: start it now
         import encodings.idna  # noqa: F401  (httpx's first connection to 127.0.0.1 imports it)
 
+        from prefect.logging import get_logger
         from prefect.server.api.server import SubprocessASGIServer
+
+        # The server logs through Prefect's console handler, which imports parts of rich on its first line: emit
+        # that first line here, in this thread.
+        get_logger("rewardflow").info("starting Prefect's temporary server; loading the stages' libraries meanwhile")
 
         server = SubprocessASGIServer()  # the instance the flow's client will find running
 

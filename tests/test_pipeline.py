@@ -291,3 +291,51 @@ def test_pipeline_against_a_real_mlflow_server(project, tmp_path, monkeypatch):
         assert out.returncode == 0, out.stderr
         (scores,) = json.loads(out.stdout.strip().splitlines()[-1])
         assert isinstance(scores, list) and all(isinstance(s, int) for s in scores)
+
+
+WARM_UP_PROBE = """
+import json, sys, threading, urllib.request
+from tasks.config import load_params
+imports = []
+def hook(event, args):
+    if event == "import" and threading.current_thread() is not threading.main_thread():
+        imports.append([threading.current_thread().name, args[0]])
+sys.addaudithook(hook)
+from flows.pipeline import warm_up
+warm_up(load_params(sys.argv[1]))
+from prefect.server.api.server import SubprocessASGIServer
+server = SubprocessASGIServer()
+health = urllib.request.urlopen(server.api_url + "/health", timeout=10).status
+server.stop()
+print(json.dumps({"imports": imports, "health": health, "torch": "torch" in sys.modules, "trl": "trl" in sys.modules}))
+"""
+
+
+def test_warm_up_starts_prefect_in_a_thread_that_imports_nothing(tmp_path):
+    """warm_up overlaps Prefect's server start with the heavy imports, and only the main thread imports: a
+    background thread importing alongside the main one broke sqlalchemy's circular imports on a loaded machine."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    probe = subprocess.run(
+        [sys.executable, "-c", WARM_UP_PROBE, str(root / "params.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert result["health"] == 200  # the server the flow's client will find is up when warm_up returns
+    assert result["torch"] and result["trl"]  # the heavy imports happened
+    assert [i for i in result["imports"] if i[0].startswith("rewardflow")] == []  # our threads import nothing
+    assert (tmp_path / "mlflow.db").exists()  # the MLflow store was created
