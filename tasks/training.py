@@ -437,6 +437,23 @@ def _write_logs(path: Path, logs: list[dict[str, Any]], extra: dict[str, Any]) -
     path.write_text(json.dumps({"logs": logs, **extra}, indent=1, sort_keys=True) + "\n")
 
 
+def _save_stage(
+    trainer: Any, checkpoints: Checkpoints, tokenizer: Any, p: Params, stage: str, result: Any, resumed_from: int | None
+) -> tuple[Path, dict[str, Any], bool]:
+    """Save a trained stage's artefact (main process only, the others wait) and summarise the run: (artefact
+    folder, summary, whether this is the main process)."""
+    main = trainer.accelerator.is_main_process
+    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, stage), main)
+    trainer.accelerator.wait_for_everyone()
+    summary = {
+        "train_runtime": result.metrics.get("train_runtime"),
+        "steps": result.global_step,
+        "resumed_from_step": resumed_from,
+        "processes": trainer.accelerator.num_processes,
+    }
+    return out_dir, summary, main
+
+
 def run_sft(p: Params) -> dict[str, Any]:
     """Supervised fine-tuning on prompt/completion pairs (loss on the completion only)."""
     from datasets import Dataset
@@ -482,16 +499,8 @@ def run_sft(p: Params) -> dict[str, Any]:
     _quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
     # --- save
-    main = trainer.accelerator.is_main_process
-    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, "sft"), main)
-    trainer.accelerator.wait_for_everyone()
-    summary = {
-        "train_runtime": result.metrics.get("train_runtime"),
-        "train_loss": result.training_loss,
-        "steps": result.global_step,
-        "resumed_from_step": resumed_from,
-        "processes": trainer.accelerator.num_processes,
-    }
+    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "sft", result, resumed_from)
+    summary["train_loss"] = result.training_loss
     if main:
         _write_logs(Path(p.paths.reports_dir) / "sft_logs.json", capture.logs, {"summary": summary})
     log.info(
@@ -565,15 +574,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
     _quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
     # --- save
-    main = trainer.accelerator.is_main_process
-    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, "grpo"), main)
-    trainer.accelerator.wait_for_everyone()
-    summary = {
-        "train_runtime": result.metrics.get("train_runtime"),
-        "steps": result.global_step,
-        "resumed_from_step": resumed_from,
-        "processes": trainer.accelerator.num_processes,
-    }
+    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "grpo", result, resumed_from)
     components = [
         {"step": e["step"], **{c: e[f"{STATS_PREFIX}{c}/mean"] for c in COMPONENTS}}
         for e in monitor.logs
