@@ -82,8 +82,8 @@ class TaskConfig:
             "rater_bias",
             f"must be three probabilities [below, at, above] in [0, 1] (got {list(bias)})",
         )
-        _check(0 <= self.modifier_rate <= 1, "modifier_rate", f"must be in [0, 1] (got {self.modifier_rate})")
         _check(abs(sum(bias) - 1) < 1e-6, "rater_bias", f"must sum to 1 (got {list(bias)}, sum {sum(bias):g})")
+        _check(0 <= self.modifier_rate <= 1, "modifier_rate", f"must be in [0, 1] (got {self.modifier_rate})")
         _check(self.max_score > self.min_score, "max_score", "must be greater than min_score")
         _check(self.n_train >= 1, "n_train", f"must be >= 1 (got {self.n_train})")
         _check(self.n_heldout >= 1, "n_heldout", f"must be >= 1 (got {self.n_heldout})")

@@ -22,6 +22,30 @@ TINY = {
 }
 
 
+def overrides(sections: dict) -> list[str]:
+    """`section.key=value` overrides for a {section: {key: value}} mapping (e.g. TINY)."""
+    return [f"{section}.{key}={value}" for section, values in sections.items() for key, value in values.items()]
+
+
+def tiny_params(root: Path, *extra: str):
+    """Params for a tiny project under root: TINY's task and model shape, outputs under root, then `extra`
+    overrides; the task's data is generated on the first call."""
+    from tasks.config import load_params
+    from tasks.data import generate_dataset
+
+    paths = [
+        f"paths.train_file={root}/data/train.jsonl",
+        f"paths.heldout_file={root}/data/heldout.jsonl",
+        f"paths.models_dir={root}/models",
+        f"paths.reports_dir={root}/reports",
+    ]
+    shape = overrides({section: TINY[section] for section in ("task", "model")})
+    p = load_params(ROOT / "params.yaml", [*paths, *shape, *extra])
+    if not Path(p.paths.train_file).exists():
+        generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
+    return p
+
+
 def sh(args, cwd, env, check=True):
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:

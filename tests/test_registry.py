@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 from mlflow.tracking._model_registry import utils as registry_uri_state
 from mlflow.tracking._tracking_service import utils as tracking_uri_state
-from project import free_port
+from project import free_port, tiny_params
 
-from tasks.config import PROMOTABLE_METRICS, RegisterConfig, load_params
-from tasks.data import generate_dataset, generate_rows
+from tasks.config import PROMOTABLE_METRICS, RegisterConfig
+from tasks.data import generate_rows
 from tasks.registry import (
     Decision,
     apply_decision,
@@ -42,14 +42,9 @@ from tasks.registry import (
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-# A tiny model and just enough SFT (a few seconds) that greedy decoding emits n_items integers.
-TINY = [
-    "model.hidden_size=32",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.intermediate_size=64",
-    "task.n_train=64",
-    "task.n_heldout=16",
+# On the tiny model (tests/project.py TINY), just enough SFT (a few seconds) that greedy decoding emits n_items
+# integers.
+SFT = [
     "sft.max_steps=80",
     "sft.batch_size=8",
     "sft.learning_rate=0.005",
@@ -90,14 +85,7 @@ def scorer(tmp_path_factory):
     from tasks.training import run_sft
 
     tmp = tmp_path_factory.mktemp("registry")
-    paths = [
-        f"paths.train_file={tmp}/data/train.jsonl",
-        f"paths.heldout_file={tmp}/data/heldout.jsonl",
-        f"paths.models_dir={tmp}/models",
-        f"paths.reports_dir={tmp}/reports",
-    ]
-    p = load_params(ROOT / "params.yaml", [*paths, *TINY])
-    generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
+    p = tiny_params(tmp, *SFT)
     model_dir = run_sft(p)["model_dir"]
     # two prompts neither split contains
     prompts = [r["prompt"] for r in generate_rows(2, seed=12345, n_items=p.task.n_items)]

@@ -19,42 +19,22 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from project import tiny_params
 
 from tasks import tracking
 from tasks.config import Params, ParamsError, load_params
-from tasks.data import generate_dataset, read_jsonl
+from tasks.data import read_jsonl
 from tasks.modeling import build_word_tokenizer, load_base_model, load_pretrained
 from tasks.training import COMPLETE_MARKER, FINGERPRINT_FILE, Checkpoints, SaveFailed, stage_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-TINY = [
-    "task.n_train=64",
-    "task.n_heldout=16",
-    "model.hidden_size=32",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.intermediate_size=64",
-]
 
 
 @pytest.fixture
 def tiny(tmp_path):
     """Params for a tiny project in tmp_path, with its data generated."""
-    paths = [
-        f"paths.train_file={tmp_path}/data/train.jsonl",
-        f"paths.heldout_file={tmp_path}/data/heldout.jsonl",
-        f"paths.models_dir={tmp_path}/models",
-        f"paths.reports_dir={tmp_path}/reports",
-    ]
-
-    def make(*extra):
-        p = load_params(ROOT / "params.yaml", [*paths, *TINY, *extra])
-        if not Path(p.paths.train_file).exists():
-            generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
-        return p
-
-    return make
+    return lambda *extra: tiny_params(tmp_path, *extra)
 
 
 # --- which checkpoint a run resumes from ------------------------------------------------------------------

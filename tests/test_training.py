@@ -6,47 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from project import TINY, overrides, tiny_params
 
-from tasks.config import load_params
-from tasks.data import generate_dataset, read_jsonl
+from tasks.data import read_jsonl
 from tasks.modeling import load_base_model, load_pretrained, save_artifact
 from tasks.training import DeadComponentMonitor, group_advantages
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.hidden_size=32",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.intermediate_size=64",
-    "sft.max_steps=3",
-    "sft.batch_size=8",
-    "sft.logging_steps=1",
-    "grpo.max_steps=2",
-    "grpo.prompts_per_step=2",
-    "grpo.logging_steps=1",
-    "evaluate.batch_size=8",
-]
 
 
 @pytest.fixture
 def tiny(tmp_path):
-    """Params for a tiny project in tmp_path: 64 train rows, 16 held-out rows."""
-    paths = [
-        f"paths.train_file={tmp_path}/data/train.jsonl",
-        f"paths.heldout_file={tmp_path}/data/heldout.jsonl",
-        f"paths.models_dir={tmp_path}/models",
-        f"paths.reports_dir={tmp_path}/reports",
-        "task.n_train=64",
-        "task.n_heldout=16",
-    ]
-
-    def make(*extra):
-        p = load_params(ROOT / "params.yaml", [*paths, *TINY, *extra])
-        if not Path(p.paths.train_file).exists():
-            generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
-        return p
-
-    return make
+    """Params for a tiny project in tmp_path (64 train rows, 16 held-out rows, a few SFT and GRPO steps)."""
+    return lambda *extra: tiny_params(tmp_path, *overrides(TINY), *extra)
 
 
 def _state(model_dir):
