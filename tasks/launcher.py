@@ -55,8 +55,10 @@ def launch(stage: str, p: Params) -> None:
     processes' last output when it fails."""
     with tempfile.TemporaryDirectory(prefix=f"rewardflow-{stage}-") as tmp:
         params_file = Path(tmp) / "params.yaml"
-        # through JSON: tuples become lists, which safe_dump writes and load_params reads back identically
-        params_file.write_text(yaml.safe_dump(json.loads(json.dumps(p.to_dict())), sort_keys=False))
+        # through JSON: tuples become lists, which safe_dump writes and load_params reads back identically; the
+        # profile is already merged into the values, so none is applied again
+        resolved = {**json.loads(json.dumps(p.to_dict())), "profile": ""}
+        params_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
         args = command(stage, params_file, p)
         log.info("%s: launching %d processes: %s", stage, p.launcher.num_processes, " ".join(args))
         result = subprocess.run(args, capture_output=True, text=True)

@@ -31,9 +31,22 @@ class Lineage:
 
     @classmethod
     def for_params(cls, params_file: str | Path, overrides: Sequence[str] | None = None) -> Lineage:
-        """DVC's view of the project in the working directory; inactive when params differ from params.yaml."""
+        """DVC's view of the project in the working directory; inactive unless the params are exactly what
+        `dvc repro` would use: the project's params.yaml with the profile it selects, no overrides."""
+        from tasks.profiles import resolve_files
+
         root = Path.cwd()
-        return cls(root, overridden=bool(overrides) or Path(params_file).resolve() != root / "params.yaml")
+        files = resolve_files(params_file)
+        same = files.base.resolve() == root / "params.yaml" and files.selected_by_base
+        if not overrides and not same:
+            log.warning(
+                "%s is not the profile params.yaml selects: every stage runs and nothing is recorded in dvc.lock "
+                "(to make it reproducible, set `profile: %s` in params.yaml, or `dvc exp run -S profile=%s`)",
+                params_file,
+                params_file,
+                params_file,
+            )
+        return cls(root, overridden=bool(overrides) or not same)
 
     def _repo(self):
         from dvc.repo import Repo

@@ -85,8 +85,10 @@ class ScorePredictor(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         """Load the saved transformers model and tokenizer from the logged artifact."""
         from tasks.modeling import load_pretrained
+        from tasks.prompts import checkpoint_uses_chat_template
 
         self.model, self.tokenizer = load_pretrained(context.artifacts[MODEL_ARTIFACT])
+        self.chat = checkpoint_uses_chat_template(context.artifacts[MODEL_ARTIFACT])
         config = context.model_config or {}
         self.batch_size = int(config.get("batch_size", 8))
         self.max_new_tokens = int(config.get("max_new_tokens", 8))
@@ -99,7 +101,9 @@ class ScorePredictor(mlflow.pyfunc.PythonModel):
         from tasks.rewards import parse_scores
 
         prompts = _prompts(model_input)
-        texts = generate_greedy(self.model, self.tokenizer, prompts, self.batch_size, self.max_new_tokens)
+        # getattr: a predictor unpickled from a version logged before chat templates has no `chat` (plain prompts)
+        chat = getattr(self, "chat", False)
+        texts = generate_greedy(self.model, self.tokenizer, prompts, self.batch_size, self.max_new_tokens, chat)
         return [parse_scores(text) for text in texts]
 
 

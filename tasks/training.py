@@ -19,6 +19,7 @@ from tasks.config import Params
 from tasks.data import completion_for, read_jsonl, read_jsonl_lines
 from tasks.launcher import world_size
 from tasks.modeling import check_targets, load_base_model, load_pretrained, peft_config_for, save_artifact
+from tasks.prompts import CHAT_KEY, checkpoint_uses_chat_template, trl_example, uses_chat_template
 from tasks.rewards import (
     RewardConfig,
     build_reward_funcs,
@@ -420,10 +421,11 @@ def _grpo_trainer_class():
     return RewardflowGRPOTrainer
 
 
-def _resolved(p: Params, stage: str) -> dict[str, Any]:
+def _resolved(p: Params, stage: str, chat: bool) -> dict[str, Any]:
     full = p.to_dict()
     return {
         "stage": stage,
+        CHAT_KEY: chat,
         "seed": p.seed,
         "model": full["model"],
         "task": full["task"],
@@ -438,12 +440,19 @@ def _write_logs(path: Path, logs: list[dict[str, Any]], extra: dict[str, Any]) -
 
 
 def _save_stage(
-    trainer: Any, checkpoints: Checkpoints, tokenizer: Any, p: Params, stage: str, result: Any, resumed_from: int | None
+    trainer: Any,
+    checkpoints: Checkpoints,
+    tokenizer: Any,
+    p: Params,
+    stage: str,
+    result: Any,
+    resumed_from: int | None,
+    chat: bool,
 ) -> tuple[Path, dict[str, Any], bool]:
     """Save a trained stage's artefact (main process only, the others wait) and summarise the run: (artefact
     folder, summary, whether this is the main process)."""
     main = trainer.accelerator.is_main_process
-    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, stage), main)
+    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, stage, chat), main)
     trainer.accelerator.wait_for_everyone()
     summary = {
         "train_runtime": result.metrics.get("train_runtime"),
@@ -464,13 +473,12 @@ def run_sft(p: Params) -> dict[str, Any]:
     # --- data
     lines = read_jsonl_lines(p.paths.train_file)
     rows = [row for _, row in lines]
-    dataset = Dataset.from_list(
-        [{"prompt": r["prompt"], "completion": " " + completion_for(r["scores"])} for r in rows]
-    )
     # --- model; every target must be something its tokenizer can represent
     score_range = (p.task.min_score, p.task.max_score)
     model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed, score_range)
     check_targets(tokenizer, p.paths.train_file, ((n, completion_for(r["scores"])) for n, r in lines))
+    chat = uses_chat_template(p.model.chat_template_mode, tokenizer, p.model.name_or_path)
+    dataset = Dataset.from_list([trl_example(r["prompt"], completion_for(r["scores"]), chat) for r in rows])
     # --- train, resuming an interrupted run of the same params and data from its last complete checkpoint
     capture = LogCapture("sft")
     fingerprint = stage_fingerprint(p, "sft", [p.paths.train_file])
@@ -502,7 +510,7 @@ def run_sft(p: Params) -> dict[str, Any]:
     _quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
     # --- save
-    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "sft", result, resumed_from)
+    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "sft", result, resumed_from, chat)
     summary["train_loss"] = result.training_loss
     if main:
         _write_logs(Path(p.paths.reports_dir) / "sft_logs.json", capture.logs, {"summary": summary})
@@ -523,14 +531,15 @@ def run_grpo(p: Params) -> dict[str, Any]:
     from trl import GRPOConfig
 
     set_seed(p.seed)
-    # --- data: TRL passes the `scores` column to every reward function
-    rows = read_jsonl(p.paths.train_file)
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "scores": r["scores"]} for r in rows])
     # --- model: the merged SFT artefact, so a fresh LoRA (if any) can be put on it
     sft_dir = Path(p.paths.models_dir) / "sft"
     if not (sft_dir / "config.json").exists():
         raise FileNotFoundError(f"{sft_dir}: no SFT checkpoint; run the sft stage first (GRPO only after SFT)")
     model, tokenizer = load_pretrained(sft_dir, p.model.trust_remote_code)
+    # --- data, formatted as SFT trained: TRL passes the `scores` column to every reward function
+    chat = checkpoint_uses_chat_template(sft_dir)
+    rows = read_jsonl(p.paths.train_file)
+    dataset = Dataset.from_list([{**trl_example(r["prompt"], None, chat), "scores": r["scores"]} for r in rows])
     # --- reward
     funcs, weights = build_reward_funcs(p.reward.mode, p.reward.config, p.reward.binary_tolerance)
     monitor = DeadComponentMonitor(
@@ -577,7 +586,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
     _quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
     # --- save
-    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "grpo", result, resumed_from)
+    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "grpo", result, resumed_from, chat)
     components = [
         {"step": e["step"], **{c: e[f"{STATS_PREFIX}{c}/mean"] for c in COMPONENTS}}
         for e in monitor.logs
