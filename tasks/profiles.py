@@ -75,6 +75,8 @@ def _profile_path(base: Path, value: Any, origin: str) -> Path | None:
 def resolve_files(path: str | Path, profile_override: str | None = None) -> ParamsFiles:
     """The base and profile a params path stands for; profile_override is a `--set profile=...` value."""
     path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
     base = path if path.name == BASE_NAME else _project_base(path)
     selected = _profile_path(base, read_yaml(base).get(PROFILE_KEY), str(base))
     profile = selected if path.name == BASE_NAME else path

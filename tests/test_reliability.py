@@ -245,6 +245,7 @@ def test_bad_params_stop_the_pipeline_before_any_work(tmp_path):
     """`rewardflow run` with an out-of-range value: exit 2, the key named, and nothing created (no data, no
     checkpoint, no MLflow store, no Prefect server started)."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.perf_counter()
@@ -253,7 +254,7 @@ def test_bad_params_stop_the_pipeline_before_any_work(tmp_path):
     )
     assert result.returncode == 2, result.stderr
     assert "grpo.save_steps must be >= 1" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "profiles"]
     assert time.perf_counter() - started < 60
 
 

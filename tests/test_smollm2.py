@@ -139,3 +139,110 @@ def test_the_pipeline_on_the_real_weights_from_the_profile(tmp_path, smollm2):
     finally:
         mlflow.set_tracking_uri(None)
     shutil.rmtree(repo / "mlartifacts", ignore_errors=True)  # ~1 GB of model copies
+
+
+class _FedIds:
+    """Records the token ids every embedding layer is fed (any model, built anywhere): what the network saw."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[list[int]]] = []
+
+    def __enter__(self):
+        import torch
+
+        def hook(module, args):
+            if isinstance(module, torch.nn.Embedding) and args and args[0].dim() == 2 and args[0].shape[1] > 1:
+                self.batches.append(args[0].tolist())
+
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def rows(self, left_pad: int | None = None) -> list[list[int]]:
+        rows = [row for batch in self.batches for row in batch]
+        if left_pad is not None:
+            rows = [row[next(i for i, t in enumerate(row) if t != left_pad) :] for row in rows]
+        return rows
+
+
+def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_same_prompt_ids(tmp_path, smollm2):
+    """Train/eval/serve parity on the real SmolLM2 tokenizer and chat template (with a tiny random Llama of the
+    same vocabulary, to stay quick): the ids SFT trained on, GRPO sampled and scored from, the evaluator decoded
+    from and the registered scorer decodes from are, for every prompt, tasks.prompts.prompt_ids."""
+    import mlflow
+    import torch
+    from project import tiny_params
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tasks.data import completion_for, read_jsonl
+    from tasks.evaluation import run_evaluate
+    from tasks.prompts import prompt_ids
+    from tasks.registry import log_score_model
+    from tasks.training import run_grpo, run_sft
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    shape = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = LlamaConfig(vocab_size=len(tokenizer), num_key_value_heads=2, tie_word_embeddings=True, **shape)
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-smollm2-vocab"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    p = tiny_params(
+        tmp_path,
+        f"model.name_or_path={folder}",
+        "model.max_length=160",
+        "task.n_train=8",
+        "task.n_heldout=4",
+        "sft.max_steps=1",
+        "sft.batch_size=8",
+        "grpo.max_steps=1",
+        "grpo.prompts_per_step=2",
+        "grpo.num_generations=2",
+        "grpo.max_completion_length=4",
+        "evaluate.max_new_tokens=4",
+    )
+    train, heldout = read_jsonl(p.paths.train_file), read_jsonl(p.paths.heldout_file)
+
+    def by_ids(rows: list[dict]) -> dict[tuple[int, ...], dict]:
+        ids = prompt_ids(tokenizer, [r["prompt"] for r in rows], True)
+        return {tuple(i): row for i, row in zip(ids, rows, strict=True)}
+
+    expected = by_ids(train)
+    generation_prompt = tuple(tokenizer("<|im_start|>assistant\n")["input_ids"])
+    assert all(ids[-len(generation_prompt) :] == generation_prompt for ids in expected)
+    pad = tokenizer.pad_token_id
+
+    def prompt_of(row: list[int]) -> tuple[int, ...]:
+        found = [ids for ids in expected if tuple(row[: len(ids)]) == ids]
+        assert found, f"fed ids match no prompt's prompt_ids: {tokenizer.decode(row)!r}"
+        return found[0]
+
+    with _FedIds() as sft:
+        run_sft(p)
+    assert len(sft.rows()) == 8
+    for row in sft.rows():  # right-padded prompt + target; the target ends at the end-of-turn token
+        ids = prompt_of(row)
+        target = tokenizer(completion_for(expected[ids]["scores"]) + "<|im_end|>", add_special_tokens=False)
+        assert row[len(ids) : len(ids) + len(target["input_ids"])] == target["input_ids"]
+
+    with _FedIds() as grpo:
+        run_grpo(p)
+    assert len(grpo.rows(pad)) >= 4 and all(prompt_of(row) for row in grpo.rows(pad))
+
+    expected = by_ids(heldout)
+    with _FedIds() as evaluation:
+        run_evaluate(p, ("grpo",))
+    assert sorted(evaluation.rows(pad)) == sorted(list(ids) for ids in expected)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run():
+            info = log_score_model(Path(p.paths.models_dir) / "grpo", batch_size=4, max_new_tokens=4)
+        scorer = mlflow.pyfunc.load_model(info.model_uri)
+        with _FedIds() as served:
+            scorer.predict([r["prompt"] for r in heldout])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert sorted(served.rows(pad)) == sorted(list(ids) for ids in expected)
