@@ -181,8 +181,11 @@ def test_non_finite_rewards_in_a_real_grpo_step_are_counted_and_their_groups_get
 # --- params fail before any work ------------------------------------------------------------------------------
 
 BAD_PARAMS = [
-    # top level: numpy's seed range
+    # top level: numpy's seed range; a profile that is not a file
     ("seed=-1", r"seed must be in \[0, 2\*\*32\)"),
+    ("profile=profiles/nope.yaml", r"profile 'profiles/nope\.yaml' is not a file"),
+    # model: a chat-template mode that does not exist
+    ("model.chat_template=sometimes", r"model\.chat_template must be auto, on or off"),
     # paths: an empty path would write into the project root
     ("paths.models_dir=' '", r"paths\.models_dir must not be empty"),
     # task: scores out of order
