@@ -7,6 +7,9 @@ the wall time of the default train path (SFT -> GRPO multi -> evaluate).
 
     .venv/bin/python benchmarks/learning.py                       # 3 seeds, modes exact binary multi
     .venv/bin/python benchmarks/learning.py --seeds 1 --set grpo.learning_rate=3e-4
+    .venv/bin/python benchmarks/learning.py --params profiles/cpu-smollm2-135m.yaml --seeds 1 2 --modes exact multi
+
+The base model is evaluated zero-shot, through its chat template when it has one (as the pipeline would feed it).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from tasks.config import load_params
 from tasks.evaluation import evaluate_checkpoint
 from tasks.modeling import load_base_model, save_artifact
+from tasks.prompts import CHAT_KEY, uses_chat_template
 from tasks.training import run_grpo, run_sft
 
 METRICS = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance", "consensus_accuracy")
@@ -58,25 +62,27 @@ def _eval(model_dir: Path, p, rows, consensus: dict[str, list[int]] | None) -> d
     return metrics
 
 
-def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -> dict[str, dict]:
+def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str], params: str) -> dict[str, dict]:
     from tasks.data import read_jsonl
 
     base = [f"seed={seed}", f"paths.models_dir={workdir}/models", f"paths.reports_dir={workdir}/reports"]
-    p = load_params("params.yaml", [*base, *overrides])
+    p = load_params(params, [*base, *overrides])
     heldout = read_jsonl(p.paths.heldout_file)
     consensus = consensus_scores(p, heldout)
     train_prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)]
     results: dict[str, dict] = {}
 
-    model, tok = load_base_model(p.model, train_prompts, p.seed)
-    results["base"] = _eval(save_artifact(model, tok, workdir / "models/base", {}), p, heldout, consensus)
+    model, tok = load_base_model(p.model, train_prompts, p.seed, (p.task.min_score, p.task.max_score))
+    chat = {CHAT_KEY: uses_chat_template(p.model.chat_template_mode, tok, p.model.name_or_path)}
+    results["base"] = _eval(save_artifact(model, tok, workdir / "models/base", chat), p, heldout, consensus)
+    del model
 
     t0 = time.perf_counter()
     run_sft(p)
     sft_seconds = time.perf_counter() - t0
     results["sft"] = _eval(workdir / "models/sft", p, heldout, consensus)
     for mode in modes:
-        pm = load_params("params.yaml", [*base, *overrides, f"reward.mode={mode}"])
+        pm = load_params(params, [*base, *overrides, f"reward.mode={mode}"])
         t1 = time.perf_counter()
         run_grpo(pm)
         grpo_seconds = time.perf_counter() - t1
@@ -89,7 +95,7 @@ def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -
             extra = round(grpo_seconds / (sft_seconds / p.sft.max_steps))
             steps = p.sft.max_steps + extra
             pe = load_params(
-                "params.yaml", [*base, *overrides, f"paths.models_dir={workdir}/models_eq", f"sft.max_steps={steps}"]
+                params, [*base, *overrides, f"paths.models_dir={workdir}/models_eq", f"sft.max_steps={steps}"]
             )
             run_sft(pe)
             results["sft_equal_compute"] = _eval(workdir / "models_eq/sft", pe, heldout, consensus)
@@ -120,6 +126,7 @@ def summarise(per_seed: list[dict[str, dict]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params.yaml or a profile (profiles/*.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--modes", nargs="+", default=["exact", "binary", "multi"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="params override")
@@ -131,7 +138,7 @@ def main() -> None:
     started = time.perf_counter()
     per_seed = []
     for seed in args.seeds:
-        per_seed.append(run_seed(seed, args.workdir / f"seed{seed}", args.modes, args.overrides))
+        per_seed.append(run_seed(seed, args.workdir / f"seed{seed}", args.modes, args.overrides, args.params))
         print(
             f"seed {seed}: "
             + json.dumps(
@@ -148,7 +155,8 @@ def main() -> None:
         f"torch {torch.__version__}"
     )
     timings = [r["timing"]["train_path_s"] for r in per_seed if "timing" in r]
-    print(f"\nheld-out metrics, mean ± std over seeds {args.seeds}; overrides {args.overrides or 'none'}")
+    overrides = args.overrides or "none"
+    print(f"\n{args.params}: held-out metrics, mean ± std over seeds {args.seeds}; overrides {overrides}")
     print(f"machine: {machine}")
     print(table)
     if timings:
@@ -159,12 +167,16 @@ def main() -> None:
     print(f"total benchmark wall: {time.perf_counter() - started:.0f} s")
     print(
         "rerun: .venv/bin/python benchmarks/learning.py "
-        + " ".join([f"--seeds {' '.join(map(str, args.seeds))}"] + [f"--set {o}" for o in args.overrides])
+        + " ".join(
+            [f"--params {args.params}", f"--seeds {' '.join(map(str, args.seeds))}", f"--modes {' '.join(args.modes)}"]
+            + [f"--set {o}" for o in args.overrides]
+        )
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
+                "params": args.params,
                 "seeds": args.seeds,
                 "overrides": args.overrides,
                 "per_seed": per_seed,
