@@ -368,6 +368,17 @@ def _grpo_trainer_class():
             self.reward_config, self.min_std, self.min_unique_ratio = reward_config, min_std, min_unique_ratio
             self._last: tuple[Any, list[str]] | None = None
 
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+            """TRL's generation, with each group's prompt computed once instead of num_generations times (see
+            tasks.sampling); vLLM and multimodal batches go through TRL unchanged."""
+            from tasks.sampling import shared_prefix_generation
+
+            generate = super()._generate_single_turn
+            if self.use_vllm or images is not None or multimodal_fields:
+                return generate(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
+            with shared_prefix_generation(self.accelerator.unwrap_model(self.model_wrapped), num_generations):
+                return generate(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
+
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
             self._last = (rewards_per_func, [completion_text(c) for c in completions])
