@@ -44,6 +44,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
 
+def score_labelled_positions_only() -> None:
+    """TRL's fused LM head (the SFT loss, GRPO's log-probs) projects only the positions that carry a label on
+    devices with Triton, and every position elsewhere, so that a compiler (Neuron) sees fixed tile shapes. Nothing
+    is compiled on a CPU: there, the prompt positions' projections onto the whole vocabulary (and their softmax
+    gradients) are pure waste, most of an SFT step for a 49k-token vocabulary. This makes the CPU take the labelled
+    positions only too; the loss and gradients are the same (tested)."""
+    from trl.trainer import utils
+
+    use_triton = getattr(utils, "_use_triton", None)
+    if use_triton is None or getattr(use_triton, "rewardflow", False):
+        return  # another TRL layout: leave it as it is
+
+    def labelled_only(device: Any) -> bool:
+        return device.type == "cpu" or use_triton(device)
+
+    labelled_only.rewardflow = True  # type: ignore[attr-defined]
+    utils._use_triton = labelled_only
+
+
 def device_kwargs() -> dict[str, Any]:
     """Trainer settings shared by SFT and GRPO. TRL 1.16 defaults to bf16 autocast and gradient checkpointing,
     which made a CPU step ~8x slower than a plain PyTorch loop here: both off unless a GPU can use bf16."""
@@ -481,6 +500,7 @@ def run_sft(p: Params) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     set_seed(p.seed)
+    score_labelled_positions_only()
     # --- data
     lines = read_jsonl_lines(p.paths.train_file)
     rows = [row for _, row in lines]
@@ -542,6 +562,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
     from trl import GRPOConfig
 
     set_seed(p.seed)
+    score_labelled_positions_only()
     # --- model: the merged SFT artefact, so a fresh LoRA (if any) can be put on it
     sft_dir = Path(p.paths.models_dir) / "sft"
     if not (sft_dir / "config.json").exists():

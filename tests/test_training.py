@@ -204,3 +204,39 @@ def test_two_processes_through_accelerate_launch(tiny):
     assert set(json.loads((Path(p.paths.reports_dir) / "sft_logs.json").read_text())["logs"][0]) == keys_single
     metrics = run_evaluate(p)
     assert metrics["grpo"]["n"] == 16 and 0.0 <= metrics["grpo"]["format_compliance"] <= 1.0
+
+
+def test_fused_lm_head_on_cpu_scores_only_labelled_positions_with_the_same_loss(tiny):
+    """score_labelled_positions_only: TRL's fused LM head takes only the positions with a label on a CPU too; the
+    loss, the per-token log-probs and every gradient equal those of scoring every position."""
+    from trl.trainer import utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tasks.training import score_labelled_positions_only
+
+    p = tiny()
+    rows = read_jsonl(p.paths.train_file)
+    model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = tokenizer([r["prompt"] for r in rows[:4]], return_tensors="pt", padding=True)["input_ids"]
+    labels = ids.clone()
+    labels[:, :-3] = -100  # a completion of 3 tokens after the prompt, as in SFT and GRPO
+
+    def fused():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out.loss.item(), out.log_probs.detach(), [q.grad.clone() for q in model.parameters()]
+
+    saved = utils._use_triton
+    try:
+        utils._use_triton = lambda device: False  # every position, as TRL does on a CPU
+        every = fused()
+        score_labelled_positions_only()
+        assert utils._use_triton(ids.device) is True
+        labelled = fused()
+    finally:
+        utils._use_triton = saved
+    assert labelled[0] == pytest.approx(every[0], rel=1e-6)
+    assert torch.allclose(labelled[1], every[1], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(labelled[2], every[2], strict=True))
