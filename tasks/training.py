@@ -27,6 +27,7 @@ from tasks.rewards import (
     compute_advantages,
     score_completion,
 )
+from tasks.stages import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,6 @@ FINGERPRINT_FILE = "fingerprint.json"
 # The Trainer deletes old checkpoints right after writing a new one, before the completion marker goes in: keeping
 # two means the newest complete checkpoint is still on disk whenever the one being written is cut short.
 SAVE_TOTAL_LIMIT = 2
-# What a stage's checkpoints depend on besides its input files: the params sections dvc.yaml gives the stage.
-STAGE_PARAMS = {"sft": ("seed", "model", "sft"), "grpo": ("seed", "reward", "grpo")}
 _CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 
 
@@ -180,12 +179,11 @@ def _read_json(path: Path) -> Any:
 
 
 def stage_fingerprint(p: Params, stage: str, inputs: list[str | Path]) -> str:
-    """sha256 (16 hex digits) of the stage's params sections and the bytes of its input files and folders:
+    """sha256 (16 hex digits) of the params dvc.yaml gives the stage and the bytes of its input files and folders:
     a checkpoint made with anything else must not be resumed."""
     from tasks.tracking import hash_files
 
-    full = p.to_dict()
-    sections = json.dumps({k: full[k] for k in STAGE_PARAMS[stage]}, sort_keys=True)
+    sections = json.dumps(stage_params(p, stage), sort_keys=True)
     return hashlib.sha256(f"{sections}\0{hash_files(inputs)}".encode()).hexdigest()[:16]
 
 
@@ -421,15 +419,9 @@ def _grpo_trainer_class():
 
 
 def _resolved(p: Params, stage: str) -> dict[str, Any]:
-    full = p.to_dict()
-    return {
-        "stage": stage,
-        "seed": p.seed,
-        "model": full["model"],
-        "task": full["task"],
-        stage: full[stage],
-        "reward": full["reward"],
-    }
+    """What the saved model records of its params: exactly those dvc.yaml gives the stage, so that it never shows
+    a value DVC would not re-run the stage for."""
+    return {"stage": stage, **stage_params(p, stage)}
 
 
 def _write_logs(path: Path, logs: list[dict[str, Any]], extra: dict[str, Any]) -> None:

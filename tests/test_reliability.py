@@ -91,11 +91,13 @@ def test_resume_point(tmp_path, caplog, folder_fp, found, resumed, left, logged)
     "stage, change, same",
     [
         ("sft", "sft.learning_rate=0.0031", False),  # the stage's own section
-        ("sft", "model.hidden_size=64", False),  # a section dvc.yaml gives the stage
+        ("sft", "model.hidden_size=64", False),  # a section dvc.yaml gives the stage (read from dvc.yaml)
         ("sft", "seed=7", False),  # the seed
         ("sft", "grpo.temperature=0.9", True),  # another stage's section
         ("sft", "evaluate.batch_size=3", True),  # another stage's section
         ("grpo", "reward.mode=binary", False),  # the reward GRPO optimises
+        ("grpo", "model.trust_remote_code=true", False),  # GRPO loads the SFT model with the model section
+        ("grpo", "launcher.num_processes=2", False),  # how many processes share each batch
         ("grpo", "sft.max_steps=7", True),  # SFT's params reach GRPO only through the SFT model's bytes
     ],
 )
