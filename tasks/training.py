@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import traceback
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +29,7 @@ from tasks.rewards import (
     score_completion,
 )
 from tasks.stages import stage_params
+from tasks.write_errors import write_error_cause
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,7 @@ _CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 
 
 class SaveFailed(OSError):
-    """A checkpoint or a stage's artefact could not be written (disk full, quota, file-size limit, ...)."""
+    """A checkpoint or a stage's artefact could not be written; the message says why, from the error itself."""
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -284,7 +286,9 @@ class Checkpoints:
         try:
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except Exception as err:
-            if self.saving is None:
+            # only a failure inside the Trainer's checkpoint writer is a failed checkpoint write
+            writing = any(frame.name == "_save_checkpoint" for frame in traceback.extract_tb(err.__traceback__))
+            if self.saving is None or not writing:
                 raise
             raise self.save_failed(err, self.dir / f"checkpoint-{self.saving}") from err
         return result, int(_CHECKPOINT_RE.fullmatch(resume.name).group(1)) if resume else 0
@@ -304,9 +308,7 @@ class Checkpoints:
         return out_dir
 
     def save_failed(self, err: Exception, target: Path) -> SaveFailed:
-        """What a failed write means for the user: what is intact, what a re-run does, what to do."""
-        where = next((d for d in (target, *target.parents) if d.exists()), Path("."))
-        free = shutil.disk_usage(where).free / 2**20
+        """What a failed write means for the user: what happened, what is intact, what a re-run does, what to do."""
         complete = self.complete()
         kept = (
             f"the last complete checkpoint, {complete[-1].name}, is kept and a re-run resumes from it"
@@ -316,9 +318,10 @@ class Checkpoints:
         previous = f"{self.artefact} was not written"
         if self.artefact.exists():
             previous = f"the previous {self.artefact} is unchanged"
+        cause, todo = write_error_cause(err, target)
         return SaveFailed(
-            f"{self.stage}: could not write {target}: {err} ({free:.0f} MiB free there; disk full?). "
-            f"Nothing half-written is used: {previous}, and {kept}. Free some space and re-run."
+            f"{self.stage}: could not write {target}: {err} ({cause}). "
+            f"Nothing half-written is used: {previous}, and {kept}. {todo}"
         )
 
 

@@ -2,6 +2,7 @@
 rewards in a real GRPO step, params that must fail before any work, models that must not run code, servers on
 127.0.0.1, credentials kept out of what is printed. docs/RELIABILITY.md lists each fault and its test."""
 
+import errno
 import json
 import logging
 import math
@@ -245,17 +246,23 @@ def test_every_params_section_has_a_bad_value_case():
 
 def test_bad_params_stop_the_pipeline_before_any_work(tmp_path):
     """`rewardflow run` with an out-of-range value: exit 2, the key named, and nothing created (no data, no
-    checkpoint, no MLflow store, no Prefect server started)."""
+    checkpoint, no MLflow store), no Prefect server started: Prefect, MLflow and torch are not even imported."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_API_URL", None)  # as on a fresh machine: a run would start Prefect's temporary server
+    # Prefect creates its home folder when imported; every import is listed on stderr
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPROFILEIMPORTTIME": "1"}
     started = time.perf_counter()
     result = subprocess.run(
         ["rewardflow", "run", "--set", "grpo.save_steps=0"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 2, result.stderr[-3000:]
     assert "grpo.save_steps must be >= 1" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no data, store or Prefect home
+    imported = re.findall(r"^import time:.*\|\s+(\S+)$", result.stderr, flags=re.M)
+    assert "tasks.config" in imported  # the listing is real
+    assert not [m for m in imported if m.split(".")[0] in ("prefect", "mlflow", "torch")]  # no server, no store
     assert time.perf_counter() - started < 60
 
 
@@ -347,6 +354,32 @@ def test_disk_full_while_saving_the_model_keeps_the_previous_one(tiny):
     assert {f.name: f.read_bytes() for f in ckpts.artefact.iterdir()} == before
     assert sorted(d.name for d in ckpts.artefact.parent.iterdir()) == [".checkpoints", "sft"]  # no temporary left
     assert ckpts.complete() == [ckpts.dir / "checkpoint-7"]
+
+
+@pytest.mark.parametrize(
+    "error, cause, todo",
+    [
+        # a full disk: the free space is stated
+        (OSError(errno.ENOSPC, "No space left on device"), r"\(the disk is full: \d+ MiB free there\)", "Free some"),
+        # safetensors wraps the OS error in its own exception type, with the errno in the message
+        (
+            RuntimeError('Error while serializing: IoError(Os { code: 122, kind: QuotaExceeded, message: "x" })'),
+            r"\(the disk quota is exceeded: \d+ MiB free there\)",
+            "raise the quota",
+        ),
+        # a read-only file system: nothing about space at all
+        (OSError(errno.EROFS, "Read-only file system"), r"\(the file system is read-only\)", "writable folder"),
+        (PermissionError(errno.EACCES, "Permission denied"), r"\(no permission to write there\)", "writable"),
+        # an error that is no I/O error: named as what it is
+        (TypeError("cannot pickle 'generator' object"), r"cannot pickle 'generator' object \(TypeError\)", "Fix"),
+    ],
+)
+def test_a_failed_write_is_reported_as_what_happened(tmp_path, error, cause, todo):
+    ckpts = Checkpoints(tmp_path / "models", "grpo", "fp", max_steps=7)
+    message = str(ckpts.save_failed(error, ckpts.dir / "checkpoint-5"))
+    assert re.search(cause, message), message
+    assert todo in message and ("disk" in message) == ("disk" in cause)  # a full disk only when it is one
+    assert "no complete checkpoint exists yet, so a re-run starts from step 0" in message
 
 
 # --- credentials stay out of what is printed -------------------------------------------------------------------

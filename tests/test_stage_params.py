@@ -76,4 +76,3 @@ def test_a_stage_declares_exactly_the_params_it_reads(reads, stage):
         assert paths
     else:
         assert paths <= _interpolated(definition), f"{stage}: reads {sorted(paths - _interpolated(definition))}"
-
