@@ -2,8 +2,10 @@
 
 import json
 import math
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from project import TINY, overrides, tiny_params
@@ -183,6 +185,32 @@ def test_collapse_guard_stops_training(fractions, stops_at):
         assert f"collapsed at step {stops_at}" in monitor.stop_reason
 
 
+class ListeningSockets:
+    """Polls the listening TCP sockets of this process's children (and theirs) while the block runs."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, int]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    connections = child.net_connections("tcp")
+                except psutil.Error:
+                    continue  # ended between listing and reading
+                self.seen |= {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @pytest.mark.slow
 def test_two_processes_through_accelerate_launch(tiny):
     """launcher.num_processes=2 runs sft and grpo under `accelerate launch` (DDP, gloo on this CPU): each process
@@ -195,8 +223,12 @@ def test_two_processes_through_accelerate_launch(tiny):
     keys_single = set(json.loads((Path(single.paths.reports_dir) / "sft_logs.json").read_text())["logs"][0])
 
     p = tiny("launcher.num_processes=2", "launcher.port=29547")
-    STAGES["sft"](p)
-    STAGES["grpo"](p)
+    with ListeningSockets() as sockets:
+        STAGES["sft"](p)
+        STAGES["grpo"](p)
+    # the rendezvous (torch's TCPStore on launcher.port) and gloo's connections listen on the loopback only
+    assert 29547 in {port for _, port in sockets.seen}, sockets.seen
+    assert {address for address, _ in sockets.seen} == {"127.0.0.1"}, sockets.seen
     for stage in ("sft", "grpo"):
         report = json.loads((Path(p.paths.reports_dir) / f"{stage}_logs.json").read_text())
         assert report["summary"]["processes"] == 2, stage
