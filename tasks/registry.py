@@ -79,8 +79,15 @@ _LOCK_TTL_S = 300
 _LOCK_WAIT_S = 330
 
 
+# The logged model's code (models-from-code): it sets a ScorePredictor as the model.
+SCORER_CODE = Path(__file__).resolve().with_name("scorer_model.py")
+
+
 class ScorePredictor(mlflow.pyfunc.PythonModel):
-    """Greedy-decodes each prompt and returns the integers of the completion: a list of ints per prompt."""
+    """Greedy-decodes each prompt and returns the integers of the completion: a list of ints per prompt.
+
+    Versions logged before models-from-code hold a cloudpickle of this class by its name (tasks.registry.
+    ScorePredictor) and ship their own copy of the package: it stays here so that they keep loading."""
 
     def load_context(self, context) -> None:
         """Load the saved transformers model and tokenizer from the logged artifact."""
@@ -194,10 +201,11 @@ def log_score_model(
     with _offline_logging_env(), _named_model_dir(model_dir) as staged:
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=ScorePredictor(),
+            # models-from-code: the file that sets the predictor is logged, not a pickle of it
+            python_model=str(SCORER_CODE),
             artifacts={MODEL_ARTIFACT: str(staged)},
-            # The model is unpickled as tasks.registry.ScorePredictor: ship the package with it.
-            code_paths=[str(Path(__file__).resolve().parent)],
+            # the file imports tasks.registry.ScorePredictor: ship the package with it
+            code_paths=[str(SCORER_CODE.parent)],
             model_config={"batch_size": batch_size, "max_new_tokens": max_new_tokens},
             signature=signature,
             input_example=example,
