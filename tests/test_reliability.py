@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from project import tiny_params
+from project import grpo_step, tiny_params
 
 from tasks import tracking
 from tasks.config import Params, ParamsError, load_params
@@ -119,66 +119,24 @@ def test_non_finite_rewards_in_a_real_grpo_step_are_counted_and_their_groups_get
     """A reward function that returns NaN for one completion and -inf for another, in a real GRPO step of three
     groups: both are counted and logged, their groups get zero advantage, the third group learns, nothing in the
     update is NaN."""
-    from datasets import Dataset
-    from trl import GRPOConfig
-
-    from tasks.training import _grpo_trainer_class, device_kwargs
-
     caplog.set_level(logging.WARNING, logger="tasks.training")
-    p = tiny("grpo.prompts_per_step=3")
-    rows = read_jsonl(p.paths.train_file)
-    model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
-    before = [t.detach().clone() for t in model.parameters()]
     # per completion, by position in the step: group 1 has a NaN, group 2 a -inf, group 3 plain 1/0 rewards
     values = [math.nan, 1, 0, 1] + [0, 1, -math.inf, 1] + [1, 0, 1, 0]
 
     def nan_inf(completions, **kwargs):
         return values[: len(completions)]
 
-    advantages = []
+    # min_unique_ratio 0: this test is about rewards, not diversity
+    step = grpo_step(tiny("grpo.prompts_per_step=3"), nan_inf, group=4, prompts=3, min_unique_ratio=0.0)
 
-    class Recording(_grpo_trainer_class()):
-        def _generate_and_score_completions(self, inputs):
-            out = super()._generate_and_score_completions(inputs)
-            advantages.append(out["advantages"].tolist())
-            return out
-
-    args = GRPOConfig(
-        output_dir=str(Path(p.paths.models_dir) / "scratch"),
-        **device_kwargs(),
-        seed=p.seed,
-        max_steps=1,
-        per_device_train_batch_size=12,
-        num_generations=4,
-        max_completion_length=4,
-        learning_rate=1e-2,
-        beta=0.0,
-        logging_steps=1,
-        shuffle_dataset=False,
-    )
-    trainer = Recording(
-        model=model,
-        reward_funcs=[nan_inf],
-        args=args,
-        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "scores": r["scores"]} for r in rows]),
-        processing_class=tokenizer,
-        reward_config=p.reward.config,
-        min_std=p.grpo.min_std,
-        min_unique_ratio=0.0,  # this test is about rewards, not diversity
-    )
-    trainer.train()
-
-    (step,) = advantages
-    assert all(math.isfinite(a) for a in step)
-    assert step[:8] == [0.0] * 8  # the groups with a NaN and a -inf
-    assert step[8:] == pytest.approx([1.0, -1.0, 1.0, -1.0], abs=1e-6)  # the third group still learns
-    logged = next(e for e in trainer.state.log_history if "reward_stats/non_finite_rewards" in e)
+    assert all(math.isfinite(a) for a in step["used"])
+    assert step["used"][:8] == [0.0] * 8  # the groups with a NaN and a -inf
+    assert step["used"][8:] == pytest.approx([1.0, -1.0, 1.0, -1.0], abs=1e-6)  # the third group still learns
+    logged = step["log"]
     assert logged["reward_stats/non_finite_rewards"] == 2.0
     assert math.isfinite(logged["loss"]) and math.isfinite(logged["grad_norm"]) and logged["grad_norm"] > 0
     assert "grpo step 1: 2 completion(s) got a non-finite reward (from nan_inf)" in caplog.text
-    after = list(model.parameters())
-    assert all(torch.isfinite(t).all() for t in after)
-    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert step["finite"] and step["moved"]
 
 
 # --- params fail before any work ------------------------------------------------------------------------------
