@@ -96,7 +96,7 @@ class Lock:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=self.ttl_s)  # a beat stuck on a dead server must not hold up the release
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl_s / 6):

