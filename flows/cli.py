@@ -26,6 +26,7 @@ for _var, _value in {
 }.items():
     os.environ.setdefault(_var, _value)
 
+from flows import stopping  # noqa: E402
 from tasks.config import ParamsError, load_params  # noqa: E402
 from tasks.data import DataFileError, generate_dataset  # noqa: E402
 from tasks.validation import ValidationFailed  # noqa: E402
@@ -82,6 +83,7 @@ def show_params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) ->
     typer.echo(yaml.safe_dump(_load(params, set_).to_dict(), sort_keys=False))
 
 
+@stopping.stops_cleanly("stage")
 def _run_stage(name: str, params: Path, set_: list[str] | None) -> None:
     p = _load(params, set_)
     from tasks.stages import STAGES
@@ -155,6 +157,7 @@ def _print_summary(summary: dict, seconds: float) -> None:
 
 
 @app.command("run")
+@stopping.stops_cleanly("pipeline")
 def run(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,

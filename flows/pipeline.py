@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows import stopping
 from tasks import tracking
 from tasks.config import Params, load_params
 from tasks.lineage import Lineage
@@ -68,6 +69,7 @@ def warm_up(p: Params) -> None:
         server = SubprocessASGIServer()  # the instance the flow's client will find running
 
         def start() -> None:
+            stopping.shield_from_ctrl_c()  # the server outlives a Ctrl-C long enough to record the cancellation
             with contextlib.suppress(Exception):
                 server.start()
 
@@ -246,7 +248,7 @@ def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
     tracking.end_run(client, run_id, ok=True)
 
 
-@flow(name="rewardflow-pipeline")
+@flow(name="rewardflow-pipeline", **stopping.FLOW_HOOKS)  # a stop signal: Cancelled, and cleaned up
 def training_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """validate -> sft -> grpo -> evaluate -> register, each skipped when DVC says it is up to date."""
     p = load_params(params_file, overrides or ())

@@ -263,7 +263,17 @@ def start_stage_run(client: Any, parent: str, experiment_id: str, stage: str, p:
 
 
 def end_run(client: Any, run_id: str, ok: bool) -> None:
-    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    """FINISHED, or FAILED; KILLED when called while a stop (KeyboardInterrupt: Ctrl-C, or flows.stopping's
+    SIGTERM) unwinds. A run that ends badly takes its still-running nested runs with it."""
+    import sys
+
+    status = "FINISHED" if ok else "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED"
+    client.set_terminated(run_id, status)
+    if not ok:
+        experiment_id = client.get_run(run_id).info.experiment_id
+        filter_string = f"tags.{PARENT_TAG} = '{run_id}' and attributes.status = 'RUNNING'"
+        for child in client.search_runs([experiment_id], filter_string=filter_string):
+            client.set_terminated(child.info.run_id, status)
 
 
 def find_stage_run(client: Any, experiment_id: str, stage: str, output_hash: str) -> str | None:

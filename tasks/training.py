@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import traceback
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +29,8 @@ from tasks.rewards import (
     compute_advantages,
     score_completion,
 )
+from tasks.stages import stage_params
+from tasks.write_errors import write_error_cause
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +180,11 @@ FINGERPRINT_FILE = "fingerprint.json"
 # The Trainer deletes old checkpoints right after writing a new one, before the completion marker goes in: keeping
 # two means the newest complete checkpoint is still on disk whenever the one being written is cut short.
 SAVE_TOTAL_LIMIT = 2
-# What a stage's checkpoints depend on besides its input files: the params sections dvc.yaml gives the stage.
-STAGE_PARAMS = {"sft": ("seed", "model", "sft"), "grpo": ("seed", "reward", "grpo")}
 _CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 
 
 class SaveFailed(OSError):
-    """A checkpoint or a stage's artefact could not be written (disk full, quota, file-size limit, ...)."""
+    """A checkpoint or a stage's artefact could not be written; the message says why, from the error itself."""
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -200,12 +201,11 @@ def _read_json(path: Path) -> Any:
 
 
 def stage_fingerprint(p: Params, stage: str, inputs: list[str | Path]) -> str:
-    """sha256 (16 hex digits) of the stage's params sections and the bytes of its input files and folders:
+    """sha256 (16 hex digits) of the params dvc.yaml gives the stage and the bytes of its input files and folders:
     a checkpoint made with anything else must not be resumed."""
     from tasks.tracking import hash_files
 
-    full = p.to_dict()
-    sections = json.dumps({k: full[k] for k in STAGE_PARAMS[stage]}, sort_keys=True)
+    sections = json.dumps(stage_params(p, stage), sort_keys=True)
     return hashlib.sha256(f"{sections}\0{hash_files(inputs)}".encode()).hexdigest()[:16]
 
 
@@ -306,7 +306,9 @@ class Checkpoints:
         try:
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except Exception as err:
-            if self.saving is None:
+            # only a failure inside the Trainer's checkpoint writer is a failed checkpoint write
+            writing = any(frame.name == "_save_checkpoint" for frame in traceback.extract_tb(err.__traceback__))
+            if self.saving is None or not writing:
                 raise
             raise self.save_failed(err, self.dir / f"checkpoint-{self.saving}") from err
         return result, int(_CHECKPOINT_RE.fullmatch(resume.name).group(1)) if resume else 0
@@ -326,9 +328,7 @@ class Checkpoints:
         return out_dir
 
     def save_failed(self, err: Exception, target: Path) -> SaveFailed:
-        """What a failed write means for the user: what is intact, what a re-run does, what to do."""
-        where = next((d for d in (target, *target.parents) if d.exists()), Path("."))
-        free = shutil.disk_usage(where).free / 2**20
+        """What a failed write means for the user: what happened, what is intact, what a re-run does, what to do."""
         complete = self.complete()
         kept = (
             f"the last complete checkpoint, {complete[-1].name}, is kept and a re-run resumes from it"
@@ -338,9 +338,10 @@ class Checkpoints:
         previous = f"{self.artefact} was not written"
         if self.artefact.exists():
             previous = f"the previous {self.artefact} is unchanged"
+        cause, todo = write_error_cause(err, target)
         return SaveFailed(
-            f"{self.stage}: could not write {target}: {err} ({free:.0f} MiB free there; disk full?). "
-            f"Nothing half-written is used: {previous}, and {kept}. Free some space and re-run."
+            f"{self.stage}: could not write {target}: {err} ({cause}). "
+            f"Nothing half-written is used: {previous}, and {kept}. {todo}"
         )
 
 
@@ -452,16 +453,9 @@ def _grpo_trainer_class():
 
 
 def _resolved(p: Params, stage: str, chat: bool) -> dict[str, Any]:
-    full = p.to_dict()
-    return {
-        "stage": stage,
-        CHAT_KEY: chat,
-        "seed": p.seed,
-        "model": full["model"],
-        "task": full["task"],
-        stage: full[stage],
-        "reward": full["reward"],
-    }
+    """What the saved model records: its prompt format (tasks.prompts) and exactly the params dvc.yaml gives the
+    stage, so that it never shows a value DVC would not re-run the stage for."""
+    return {"stage": stage, CHAT_KEY: chat, **stage_params(p, stage)}
 
 
 def _write_logs(path: Path, logs: list[dict[str, Any]], extra: dict[str, Any]) -> None:

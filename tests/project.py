@@ -131,3 +131,76 @@ def mlflow_server(backend_store_uri: str, artifacts: Path, seconds: float = 120)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def grpo_step(p, reward, *, group: int, prompts: int = 1, min_unique_ratio: float, only_tokens=(), **config):
+    """One real GRPO step of the pipeline's trainer (RewardflowGRPOTrainer) on the built-in model, untrained, with
+    `reward` as the only reward function; `only_tokens` restricts what generation may sample (through the
+    generation config's suppress_tokens). Returns what it saw: the completions, TRL's own advantages (before the
+    article's rules replace them), the advantages the update used, the step's log entry, and whether any parameter
+    moved."""
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tasks.data import read_jsonl
+    from tasks.modeling import load_base_model
+    from tasks.training import _grpo_trainer_class, device_kwargs
+
+    rows = read_jsonl(p.paths.train_file)
+    model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
+    before = [t.detach().clone() for t in model.parameters()]
+    if only_tokens:
+        allowed = set(tokenizer.convert_tokens_to_ids(list(only_tokens)))
+        config["generation_kwargs"] = {"suppress_tokens": [i for i in range(len(tokenizer)) if i not in allowed]}
+    seen = {"completions": [], "trl": [], "used": []}
+
+    def scored(completions, **kwargs):
+        seen["completions"] += [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        return reward(completions, **kwargs)
+
+    scored.__name__ = reward.__name__
+
+    class TRLAdvantages(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            seen["trl"] += out["advantages"].tolist()
+            return out
+
+    class Recording(_grpo_trainer_class(), TRLAdvantages):  # TRL's step, then the article's rules on top
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            seen["used"] += out["advantages"].tolist()
+            return out
+
+    args = GRPOConfig(
+        output_dir=str(Path(p.paths.models_dir) / "scratch"),
+        **device_kwargs(),
+        **{
+            "seed": p.seed,
+            "max_steps": 1,
+            "per_device_train_batch_size": group * prompts,
+            "num_generations": group,
+            "max_completion_length": 4,
+            "learning_rate": 1e-2,
+            "beta": 0.0,
+            "logging_steps": 1,
+            "shuffle_dataset": False,
+            **config,
+        },
+    )
+    trainer = Recording(
+        model=model,
+        reward_funcs=[scored],
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "scores": r["scores"]} for r in rows]),
+        processing_class=tokenizer,
+        reward_config=p.reward.config,
+        min_std=p.grpo.min_std,
+        min_unique_ratio=min_unique_ratio,
+    )
+    trainer.train()
+    logged = next(e for e in trainer.state.log_history if "reward_stats/zero_std_group_frac" in e)
+    moved = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    finite = all(torch.isfinite(t).all() for t in model.parameters())
+    return {**seen, "log": logged, "moved": moved, "finite": finite}
