@@ -62,3 +62,26 @@ def prompt_ids(tokenizer: Any, prompts: Sequence[str], chat: bool) -> list[list[
         )
         return [list(ids) for ids in rendered["input_ids"]]
     return [list(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+
+
+def check_fits(
+    tokenizer: Any, file: str | Path, lines: Sequence[tuple[int, str, str]], chat: bool, max_length: int
+) -> None:
+    """Fail before training when a prompt and its target (line, prompt, completion) take more than max_length
+    tokens: SFT truncates such an example and cuts its target off. The longest prompts are checked."""
+    from tasks.data import DataFileError
+
+    longest = sorted(lines, key=lambda item: len(item[1]) + len(item[2]), reverse=True)[:16]
+    for line, prompt, completion in longest:
+        example = trl_example(prompt, completion, chat)
+        if chat:
+            messages = example["prompt"] + example["completion"]
+            n = len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        else:
+            n = len(tokenizer(prompt + example["completion"])["input_ids"]) + 1  # and the EOS TRL appends
+        if n > max_length:
+            raise DataFileError(
+                f"{file}:{line}: the prompt and its target take {n} tokens"
+                f"{' through the chat template' if chat else ''}, more than model.max_length {max_length}: SFT "
+                "would cut the target off. Raise model.max_length (in params.yaml or the profile) or shorten the prompt"
+            )

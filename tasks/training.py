@@ -20,7 +20,7 @@ from tasks.config import Params
 from tasks.data import completion_for, read_jsonl, read_jsonl_lines
 from tasks.launcher import world_size
 from tasks.modeling import check_targets, load_base_model, load_pretrained, peft_config_for, save_artifact
-from tasks.prompts import CHAT_KEY, checkpoint_uses_chat_template, trl_example, uses_chat_template
+from tasks.prompts import CHAT_KEY, check_fits, checkpoint_uses_chat_template, trl_example, uses_chat_template
 from tasks.rewards import (
     RewardConfig,
     build_reward_funcs,
@@ -503,6 +503,8 @@ def run_sft(p: Params) -> dict[str, Any]:
     model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed, score_range)
     check_targets(tokenizer, p.paths.train_file, ((n, completion_for(r["scores"])) for n, r in lines))
     chat = uses_chat_template(p.model.chat_template_mode, tokenizer, p.model.name_or_path)
+    texts = [(n, r["prompt"], completion_for(r["scores"])) for n, r in lines]
+    check_fits(tokenizer, p.paths.train_file, texts, chat, p.model.max_length)
     dataset = Dataset.from_list([trl_example(r["prompt"], completion_for(r["scores"]), chat) for r in rows])
     # --- train, resuming an interrupted run of the same params and data from its last complete checkpoint
     capture = LogCapture("sft")
