@@ -229,7 +229,12 @@ def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_
 
     with _FedIds() as grpo:
         run_grpo(p)
-    assert len(grpo.rows(pad)) >= 4 and all(prompt_of(row) for row in grpo.rows(pad))
+    # generation computes each distinct prompt once, all but its last token (tasks.sampling; generate feeds that
+    # one itself); the policy-gradient pass feeds every row's prompt and completion
+    prefill = [row for row in grpo.rows(pad) if tuple(row) + (generation_prompt[-1],) in expected]
+    loss_rows = [row for row in grpo.rows(pad) if row not in prefill]
+    assert len(prefill) == 2 and len(loss_rows) == 4
+    assert all(prompt_of(row) for row in loss_rows)
 
     expected = by_ids(heldout)
     with _FedIds() as evaluation:
