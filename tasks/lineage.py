@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from tasks import projectlock
+
 log = logging.getLogger(__name__)
 
 
@@ -36,9 +38,8 @@ class Lineage:
         return cls(root, overridden=bool(overrides) or Path(params_file).resolve() != root / "params.yaml")
 
     def _repo(self):
-        from dvc.repo import Repo
-
-        return Repo(str(self.root))
+        """The project's Repo: the one holding the project lock when this process holds it (tasks/projectlock)."""
+        return projectlock.open_repo(self.root)
 
     def is_current(self, stage: str) -> bool:
         """True when DVC sees no change in the stage's deps, params, outs or command."""
