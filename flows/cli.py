@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,24 +10,9 @@ from typing import Annotated
 import typer
 import yaml
 
-# No network to wait on: telemetry and analytics off unless the user says otherwise.
-for _var, _value in {
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "False",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    # The ephemeral Prefect server took over its default 20 s to start on a cold 2-core machine.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    # The library's own loggers show up in Prefect's run logs (UI) as well as the terminal.
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks",
-}.items():
-    os.environ.setdefault(_var, _value)
-
-from tasks.config import ParamsError, load_params  # noqa: E402
-from tasks.data import DataFileError, generate_dataset  # noqa: E402
-from tasks.validation import ValidationFailed  # noqa: E402
+from tasks.config import ParamsError, load_params
+from tasks.data import DataFileError, generate_dataset
+from tasks.validation import ValidationFailed
 
 app = typer.Typer(
     help="rewardflow: SFT + GRPO pipeline that teaches a model to emit structured scores.",
@@ -293,7 +277,7 @@ def retrain(
     params: ParamsOpt = Path("params.yaml"),
     force: Annotated[bool, typer.Option("--force", help="retrain even when the data did not change")] = False,
 ) -> None:
-    """Run the retraining flow once: the pipeline, unless the champion was trained on these very data."""
+    """Run the retraining flow once: the pipeline, unless a registered version was trained on these very data."""
     _load(params, None)
     from flows.retrain import retraining_flow
 

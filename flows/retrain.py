@@ -1,4 +1,4 @@
-"""Scheduled retraining: run the pipeline when the data changed since the champion was trained.
+"""Scheduled retraining: run the pipeline when no registered version was trained on the current data.
 
 `rewardflow serve --cron "0 3 * * 1"` serves this flow (it needs a running Prefect server: `prefect server
 start`); prefect.yaml declares the same deployment for a work pool. A run that finds another pipeline holding the
@@ -26,14 +26,20 @@ DEFAULT_CRON = "0 3 * * 1"
 
 
 def nothing_new(p: Params) -> str | None:
-    """Why retraining would be pointless (the champion was trained on exactly these data files), or None."""
-    version, _, tags = registry.champion_metrics(tracking.open_client(), p.register.model_name)
-    if version is None:
-        return None
+    """Why retraining would be pointless (a version trained on exactly these data files has been gated: promoted
+    or kept out), or None. A version whose gate never finished does not count: the pipeline finishes it."""
     data_hash = tracking.hash_files([p.paths.train_file, p.paths.heldout_file])
-    if tags.get("data_hash") == data_hash:
-        return f"data hash {data_hash} equals the one champion v{version} was trained on"
-    return None
+    versions = tracking.open_client().search_model_versions(f"name = '{p.register.model_name}'")
+    gated = [
+        v
+        for v in versions
+        if v.tags.get("data_hash") == data_hash and v.tags.get(registry.DECISION_TAG) in registry.FINAL_DECISIONS
+    ]
+    if not gated:
+        return None
+    latest = max(gated, key=lambda v: int(v.version))
+    decision = latest.tags[registry.DECISION_TAG]
+    return f"data hash {data_hash} is what version {latest.version} was trained on ({decision})"
 
 
 def skipped(reason: str) -> State:
@@ -44,7 +50,7 @@ def skipped(reason: str) -> State:
 
 @flow(name="rewardflow-retrain", on_failure=[notify.failed_run], on_crashed=[notify.failed_run])
 def retraining_flow(params_file: str = "params.yaml", force: bool = False) -> Any:
-    """The training pipeline, unless the data is what the champion was trained on (override with force) or
+    """The training pipeline, unless a gated version was trained on these very data (override with force) or
     another pipeline holds this checkout."""
     from prefect.runtime import flow_run
 
@@ -54,7 +60,7 @@ def retraining_flow(params_file: str = "params.yaml", force: bool = False) -> An
             reason = None if force else nothing_new(p)
             if reason:
                 return skipped(f"data unchanged: {reason} (force=True retrains anyway)")
-            new = "forced" if force else "new data since the champion (or no champion yet)"
+            new = "forced" if force else "data no registered version was trained on"
             get_run_logger().info("retraining: %s", new)
             return training_pipeline(params_file)
     except projectlock.ProjectBusy as busy:
@@ -69,6 +75,6 @@ def deployment(cron: str = DEFAULT_CRON, params_file: str = "params.yaml", inter
         name=DEPLOYMENT_NAME,
         **schedule,
         parameters={"params_file": params_file, "force": False},
-        description="Retrain when the data changed since the champion was trained.",
+        description="Retrain when no registered version was trained on the current data.",
         tags=["rewardflow"],
     )

@@ -177,8 +177,8 @@ def git_commit(root: str | Path = ".") -> str:
 
 
 def dvc_lock_hashes(root: str | Path = ".", stages: bool = True) -> dict[str, str]:
-    """Every path data.dvc and (with stages) dvc.lock pin, with its md5: the exact inputs a registered model can be
-    rebuilt from."""
+    """The md5 of every path data.dvc and (with stages) dvc.lock's stage outputs pin: content in the DVC cache, from
+    which a registered model can be rebuilt. (Stage dependencies are git-tracked code or the data pinned here.)"""
     import yaml
 
     root = Path(root)
@@ -188,7 +188,7 @@ def dvc_lock_hashes(root: str | Path = ".", stages: bool = True) -> dict[str, st
             hashes[out["path"]] = out["md5"]
     if stages and (root / "dvc.lock").is_file():
         for stage in (yaml.safe_load((root / "dvc.lock").read_text()).get("stages") or {}).values():
-            for entry in (*stage.get("deps", []), *stage.get("outs", [])):
+            for entry in stage.get("outs", []):
                 if "md5" in entry:
                     hashes[entry["path"]] = entry["md5"]
     return hashes
