@@ -100,8 +100,8 @@ def _pinning_file(repo: Any, root: Path, paths: PathsConfig, mode: str) -> tuple
             )
         if not sources:
             log.warning("nothing pins %s: `dvc add %s`", path.relative_to(root), paths.data_dir)
-            repo.add(paths.data_dir)
-            sources = [o for o in repo.find_outs_by_path(str(path), strict=False) if o.stage.is_data_source]
+            (stage,) = repo.add(str(root / paths.data_dir))
+            sources = stage.outs
         pins.add((sources[0].stage.relpath, sources[0].def_path))
     if len(pins) > 1:
         raise DataNotPinned(f"the train and held-out files are pinned by two .dvc files ({sorted(pins)}); use one")

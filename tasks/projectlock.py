@@ -1,12 +1,17 @@
 """One pipeline at a time per checkout: a pipeline run holds DVC's own repository lock from start to end.
 
 DVC takes `.dvc/tmp/lock` for every command that reads or writes the project's DVC state (`dvc repro`, `dvc exp
-run`, `dvc commit`, `dvc status`, `dvc push`) and holds it for the whole of `dvc repro`. The pipeline (`rewardflow
-run`, the retraining flow) takes the same lock before it looks at anything and keeps it until its last dvc.lock,
-cache and registry write, so of two pipelines, or of a pipeline and a DVC command, one proceeds and the other
-refuses within seconds: `ProjectBusy` here (naming the holder), DVC's "Unable to acquire lock" there. It is an
-`flock` (zc.lockfile, or DVC's hardlink lock when `core.hardlink_lock` is set): the kernel releases it when the
-holder dies, so a killed run never leaves the project locked.
+run`, `dvc commit`, `dvc status`, `dvc push`). The pipeline (`rewardflow run`, the retraining flow) takes the same
+lock before it looks at anything and keeps it until its last dvc.lock, cache and registry write, so of two
+pipelines, or of a pipeline and a DVC command, one proceeds and the other refuses within seconds: `ProjectBusy`
+here (naming the holder), DVC's "Unable to acquire lock" there. It is an `flock` (zc.lockfile, or DVC's hardlink
+lock when `core.hardlink_lock` is set): the kernel releases it when the holder dies, so a killed run never leaves
+the project locked.
+
+`dvc repro` lets go of that lock while a stage's command runs (so that the command may call DVC) and guards the
+stage's paths with `.dvc/tmp/rwlock` instead. So after taking the lock the pipeline also reads the rwlock: a live
+process there (other than this one) is a stage running, and the pipeline refuses. Entries of dead processes are
+ignored, as DVC ignores them.
 
 Within the holding process the lock is re-entrant (the retraining flow holds it around the pipeline flow), and
 every DVC call goes through the one `Repo` that holds it (`open_repo`): a second `Repo` in the same process would
@@ -66,7 +71,10 @@ def hold(root: str | Path, what: str) -> Iterator[Any]:
         try:
             stack.enter_context(lock_repo(repo))
         except LockError:
-            raise ProjectBusy(busy_message(root)) from None
+            raise ProjectBusy(busy_message(root, holder(root))) from None
+        running = stage_runners(Path(repo.tmp_dir))
+        if running:
+            raise ProjectBusy(busy_message(root, running))
         note = Path(repo.tmp_dir) / HOLDER_FILE
         stack.callback(note.unlink, missing_ok=True)
         note.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what, "since": _now()}))
@@ -96,6 +104,47 @@ def open_repo(root: str | Path) -> Iterator[Any]:
             yield repo
 
 
+def stage_runners(tmp: Path) -> str | None:
+    """The live processes other than this one that hold DVC's rwlock (`.dvc/tmp/rwlock`: a stage of `dvc repro`
+    running), in words; None when there are none."""
+    try:
+        entries = json.loads((tmp / "rwlock").read_text() or "{}")
+    except FileNotFoundError:
+        return None
+    except ValueError:  # being rewritten by DVC right now: someone is using it
+        return "a DVC command (its .dvc/tmp/rwlock is being rewritten)"
+    found: dict[int, tuple[str, set[str]]] = {}
+    for mode, paths in entries.items():
+        for path, infos in paths.items():
+            for info in infos if mode == "read" else [infos]:
+                pid = int(info["pid"])
+                if pid != os.getpid() and _alive(pid):
+                    found.setdefault(pid, (info["cmd"], set()))[1].add(path)
+    if not found:
+        return None
+    return "; ".join(
+        f"`{_command(cmd.split())}` (pid {pid}), running a DVC stage on {', '.join(sorted(paths)[:3])}"
+        for pid, (cmd, paths) in found.items()
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _command(argv: list[str]) -> str:
+    """`python .venv/bin/dvc repro` or `/abs/.venv/bin/dvc repro` as `dvc repro`."""
+    if len(argv) > 1 and Path(argv[0]).name.startswith("python"):
+        argv = argv[1:]
+    return " ".join([Path(argv[0]).name, *argv[1:]])[:160] if argv else "?"
+
+
 def holder(root: str | Path) -> str:
     """Who holds the project's DVC lock, as far as can be told: what it said it does, else its command line."""
     tmp = Path(root) / ".dvc" / "tmp"
@@ -113,17 +162,13 @@ def holder(root: str | Path) -> str:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except OSError:
         return f"pid {pid}"
-    if len(argv) > 1 and Path(argv[0]).name.startswith("python"):
-        argv = argv[1:]  # `python .venv/bin/dvc repro` reads better as `dvc repro`
-    command = " ".join([Path(argv[0]).name, *argv[1:]]) if argv else "?"
-    return f"`{command[:160]}` (pid {pid})"
+    return f"`{_command(argv)}` (pid {pid})"
 
 
-def busy_message(root: str | Path) -> str:
+def busy_message(root: str | Path, who: str) -> str:
     return (
-        f"the project {root} is busy: {holder(root)} holds its DVC lock (.dvc/tmp/lock). One pipeline or DVC "
-        "command at a time per checkout: wait for it to finish, or stop it (the lock is released when it exits). "
-        "Nothing was started."
+        f"the project {root} is busy: {who} holds it (DVC's .dvc/tmp/lock or rwlock). One pipeline or DVC command "
+        "at a time per checkout: wait for it to finish, or stop it (its locks go with it). Nothing was started."
     )
 
 

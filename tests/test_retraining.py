@@ -143,7 +143,7 @@ def test_the_first_firing_trains_and_registers_a_champion(server, project, serve
     first = done[0]
     assert first.state_name == "Completed", _message(first)
     _, versions = _registry(repo)
-    assert [v.version for v in versions] == ["1"] and versions[0].tags["promotion_decision"] == "promoted"
+    assert [str(v.version) for v in versions] == ["1"] and versions[0].tags["promotion_decision"] == "promoted"
     body = _notification(receiver[1], f"{MODEL} version 1")
     assert f"started by flow run: rewardflow-retrain/{first.name} ({first.id})" in body
     assert "decision: promoted" in body and "reason: first model: no champion yet (within_1 " in body
@@ -192,7 +192,7 @@ def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused
     first, second = _trained(api)
     assert second.end_time > changed_at and holder == second.name  # the refusals named the firing that ran
     client, versions = _registry(repo)
-    assert [v.version for v in versions] == ["1", "2"]  # nothing from the refused pipelines
+    assert [str(v.version) for v in versions] == ["1", "2"]  # nothing from the refused pipelines
     v2 = versions[1].tags
     assert v2["promotion_decision"] in ("promoted", "rejected") and "vs champion v1" in v2["promotion_reason"]
 
@@ -311,19 +311,19 @@ def test_two_pipelines_at_once_one_proceeds_the_other_refuses(project):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["grpo"]["params"]["params.yaml"]["grpo"]["temperature"] == 0.9
     _, versions = _registry(repo)
-    assert [v.version for v in versions] == ["1", "2", "3"]
+    assert [str(v.version) for v in versions] == ["1", "2", "3"]
     grpo_md5 = next(o["md5"] for o in lock["stages"]["grpo"]["outs"] if o["path"] == "models/grpo")
     assert versions[2].tags["dvc.models/grpo"] == grpo_md5
 
 
 def test_rewardflow_run_beside_a_running_dvc_repro_refuses_naming_it(tmp_path, project):
-    """`dvc repro` holds DVC's lock while its stage runs (here a stage that sleeps): `rewardflow run` in the same
-    checkout refuses in seconds, naming the command and its pid."""
+    """`dvc repro` lets go of DVC's lock while a stage's command runs and guards the stage's outputs with its rwlock
+    instead: `rewardflow run` in that checkout meanwhile refuses in seconds, naming the command and its pid."""
     _, env = project
     sh(["git", "init", "-q"], tmp_path, env)
     sh(["dvc", "init", "-q"], tmp_path, env)
     (tmp_path / "params.yaml").write_bytes((project[0] / "params.yaml").read_bytes())
-    (tmp_path / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: sleep 120\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: sleep 120 && touch out.txt\n    outs: [out.txt]\n")
     with (tmp_path / "repro.log").open("w") as log:
         repro = subprocess.Popen(
             ["dvc", "repro"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -335,8 +335,9 @@ def test_rewardflow_run_beside_a_running_dvc_repro_refuses_naming_it(tmp_path, p
         refused_in = time.monotonic() - started
     finally:
         stop_group(repro)
-    assert refused.returncode == 75 and f"`dvc repro` (pid {repro.pid}) holds its DVC lock" in refused.stderr
-    assert refused_in < 30 and not (tmp_path / "models").exists()
+    assert refused.returncode == 75, refused.stderr
+    assert f"is busy: `dvc repro` (pid {repro.pid}), running a DVC stage on " in refused.stderr, refused.stderr
+    assert refused_in < 30 and not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
 
 
 def test_a_failed_push_is_reported_and_content_is_located(tmp_path, project):
