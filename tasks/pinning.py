@@ -136,21 +136,19 @@ def version_tags(root: str | Path, pin: DataPin, stages_recorded: bool) -> dict[
 def push(root: str | Path, stages_recorded: bool, dvc_file: str | None) -> str:
     """Push the data pin (and the recorded stages' outputs) to the default DVC remote; what happened, in words.
     A failure is returned (and logged), not raised: the content is still in the local cache."""
-    from dvc.exceptions import DvcException
-
     with projectlock.open_repo(root) as repo:
         if repo is None:
             return "not a DVC project: nothing pushed"
         remote = repo.config["core"].get("remote")
         if not remote:
             return "no default DVC remote (`dvc remote add -d NAME URL`): the content is in the local cache only"
-        targets = None if stages_recorded else [dvc_file] if dvc_file else []
+        targets = None if stages_recorded else [str(Path(root).resolve() / dvc_file)] if dvc_file else []
         try:
             count = repo.push(targets=targets)
-        except DvcException as err:
+        except Exception as err:  # any failure (DVC's, the remote's filesystem, the network) is reported, not raised
             message = (
-                f"push to DVC remote {remote!r} failed: {err}. The content is in the local cache only: run "
-                "`dvc push` once the remote is reachable"
+                f"push to DVC remote {remote!r} failed: {type(err).__name__}: {err}. The content is in the local "
+                "cache only: run `dvc push` once the remote is reachable"
             )
             log.warning("%s", message)
             return message

@@ -60,9 +60,14 @@ def set_params(repo: Path, changes: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def tool_env() -> dict:
+    """The environment for the project's commands (rewardflow, dvc, mlflow, prefect): the virtual env first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
 def make_repo(repo: Path, generate: bool = True):
     """A git + DVC repository with the project's tracked files, tiny params (and generated data)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = tool_env()
     files = sh(["git", "ls-files"], ROOT, env).stdout.split()
     for name in files:
         if (ROOT / name).is_file():

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 from project import (
+    ROOT,
     http_receiver,
     make_repo,
     prefect_api,
@@ -24,6 +25,7 @@ from project import (
     set_params,
     sh,
     stop_group,
+    tool_env,
     wait_until,
 )
 
@@ -316,13 +318,13 @@ def test_two_pipelines_at_once_one_proceeds_the_other_refuses(project):
     assert versions[2].tags["dvc.models/grpo"] == grpo_md5
 
 
-def test_rewardflow_run_beside_a_running_dvc_repro_refuses_naming_it(tmp_path, project):
+def test_rewardflow_run_beside_a_running_dvc_repro_refuses_naming_it(tmp_path):
     """`dvc repro` lets go of DVC's lock while a stage's command runs and guards the stage's outputs with its rwlock
     instead: `rewardflow run` in that checkout meanwhile refuses in seconds, naming the command and its pid."""
-    _, env = project
+    env = tool_env()
     sh(["git", "init", "-q"], tmp_path, env)
     sh(["dvc", "init", "-q"], tmp_path, env)
-    (tmp_path / "params.yaml").write_bytes((project[0] / "params.yaml").read_bytes())
+    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
     (tmp_path / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: sleep 120 && touch out.txt\n    outs: [out.txt]\n")
     with (tmp_path / "repro.log").open("w") as log:
         repro = subprocess.Popen(
@@ -340,12 +342,12 @@ def test_rewardflow_run_beside_a_running_dvc_repro_refuses_naming_it(tmp_path, p
     assert refused_in < 30 and not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
 
 
-def test_a_failed_push_is_reported_and_content_is_located(tmp_path, project):
+def test_a_failed_push_is_reported_and_content_is_located(tmp_path):
     """The default remote cannot be written (its path runs through a file): push says so and what to do; the
     content is found in the local cache and not on the remote."""
     from tasks import pinning, rebuild
 
-    _, env = project
+    env = tool_env()
     sh(["git", "init", "-q"], tmp_path, env)
     sh(["dvc", "init", "-q"], tmp_path, env)
     (tmp_path / "data").mkdir()
