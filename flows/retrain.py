@@ -18,7 +18,7 @@ from prefect.states import Completed, State
 
 from flows import notify
 from flows.pipeline import training_pipeline
-from tasks import projectlock, registry, tracking
+from tasks import projectlock, tracking
 from tasks.config import Params, load_params
 
 DEPLOYMENT_NAME = "scheduled-retraining"
@@ -28,6 +28,8 @@ DEFAULT_CRON = "0 3 * * 1"
 def nothing_new(p: Params) -> str | None:
     """Why retraining would be pointless (a version trained on exactly these data files has been gated: promoted
     or kept out), or None. A version whose gate never finished does not count: the pipeline finishes it."""
+    from tasks import registry  # MLflow: imported only by a run that got the checkout
+
     data_hash = tracking.hash_files([p.paths.train_file, p.paths.heldout_file])
     versions = tracking.open_client().search_model_versions(f"name = '{p.register.model_name}'")
     gated = [

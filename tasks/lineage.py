@@ -73,6 +73,7 @@ class Lineage:
                 repo.commit(dvc_file, force=True)
         elif changes:
             log.warning(
-                "the generated data differs from what %s pins (task params changed?); run `dvc add data` to pin it",
+                "the generated data differs from what %s pins (task params changed?): data.pin decides whether the "
+                "run pins it or refuses",
                 dvc_file,
             )

@@ -31,7 +31,7 @@ from project import (
 
 pytestmark = pytest.mark.slow
 
-INTERVAL_S = 15  # the test schedule; shorter than a training run, so firings overlap one
+INTERVAL_S = 20  # the test schedule; shorter than a training run, so firings overlap one
 MODEL = "rewardflow-scorer"
 BLOCK = "custom-webhook/rewardflow-test"
 BUSY = "another pipeline holds this checkout"
@@ -92,6 +92,15 @@ def served(project):
         )
     yield proc
     stop_group(proc)
+
+
+@pytest.fixture(scope="module")
+def background():
+    """Processes one test starts and a later one checks (the rebuild runs in its own clone meanwhile)."""
+    started: dict[str, subprocess.Popen] = {}
+    yield started
+    for proc in started.values():
+        stop_group(proc)
 
 
 def _runs(api, flow_name="rewardflow-retrain"):
@@ -166,7 +175,7 @@ def test_a_firing_on_unchanged_data_skips_without_training(server, project):
     assert len(_registry(repo)[1]) == 1 and len(_trained(api)) == 1
 
 
-def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused(server, project, receiver):
+def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused(server, project, receiver, background):
     """A row changed without `dvc add`: the next firing pins it (data.dvc, cache, remote), trains, registers and
     gates version 2. While it runs, `rewardflow run` and `dvc repro` refuse at once; overlapping firings skip."""
     (api, _), (repo, env) = server, project
@@ -223,6 +232,23 @@ def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused
         for t in (first, second)
     )
     assert first.end_time <= second.start_time
+    background["rebuild"] = _start_rebuild(repo, env, "2")
+
+
+def _start_rebuild(repo, env, version):
+    """`rewardflow lineage VERSION`'s rebuild commands, run as printed, in the background (their own clone)."""
+    lineage = sh(["rewardflow", "lineage", version], repo, env).stdout
+    commands = [line.strip() for line in lineage.split("\nrebuild (")[1].splitlines()[1:]]
+    (repo.parent / "lineage.txt").write_text(lineage)
+    with (repo.parent / "rebuild.log").open("w") as log:
+        return subprocess.Popen(
+            ["bash", "-c", "set -e\n" + "\n".join(commands)],
+            cwd=repo.parent,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def test_a_failed_firing_is_notified_with_its_stage_and_error(server, project, served, receiver):
@@ -285,11 +311,14 @@ def test_the_work_pool_deployment_runs_on_demand(server, project):
 
 
 def test_two_pipelines_at_once_one_proceeds_the_other_refuses(project):
-    """Two `rewardflow run` started together after a GRPO param change: one retrains and registers version 3,
-    the other refuses within seconds naming it; `dvc repro` beside the running one refuses too. Afterwards
-    dvc.lock and the checkpoints agree (`dvc status` clean) and exactly one version was added."""
+    """Two `rewardflow run` started together after a GRPO param change and a held-out row changed without `dvc
+    add`: one pins the data, retrains and registers version 3, the other refuses within seconds naming it; `dvc
+    repro` beside the running one refuses too. Afterwards dvc.lock and the checkpoints agree (`dvc status` clean)
+    and exactly one version was added."""
     repo, env = project
     set_params(repo, {"grpo": {"temperature": 0.9}})
+    pinned_before = _pin(repo)
+    _change_row(repo / "data" / "heldout.jsonl", 0)
     logs = [(repo.parent / f"run{i}.err").open("w+") for i in range(2)]
     runs = [
         subprocess.Popen(["rewardflow", "run"], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -316,6 +345,8 @@ def test_two_pipelines_at_once_one_proceeds_the_other_refuses(project):
     assert [str(v.version) for v in versions] == ["1", "2", "3"]
     grpo_md5 = next(o["md5"] for o in lock["stages"]["grpo"]["outs"] if o["path"] == "models/grpo")
     assert versions[2].tags["dvc.models/grpo"] == grpo_md5
+    assert _pin(repo) != pinned_before and versions[2].tags["dvc.data"] == _pin(repo)
+    assert versions[2].tags["data_pin"].startswith("data changed since data.dvc (data/heldout.jsonl): pinned as md5")
 
 
 def test_rewardflow_run_beside_a_running_dvc_repro_refuses_naming_it(tmp_path):
@@ -361,20 +392,21 @@ def test_a_failed_push_is_reported_and_content_is_located(tmp_path):
     assert remote == "broken" and found["data"][0] is True and found["data"][1] is not True
 
 
-def test_a_version_trained_on_pinned_data_is_rebuilt_from_its_tags(project):
-    """`rewardflow lineage 2` (the version the schedule trained on the pinned row): every DVC path it names is in
-    the local cache and on the remote; its rebuild commands, run as printed, give bit-identical checkpoints in a
-    fresh clone and held-out metrics equal to the recorded ones."""
+def test_a_version_trained_on_pinned_data_is_rebuilt_from_its_tags(project, background):
+    """`rewardflow lineage 2` (the version the schedule trained on the pinned row), printed right after it was
+    registered: every DVC path it names is in the local cache and on the remote; its rebuild commands, run as
+    printed (in the background since then), give bit-identical checkpoints in a fresh clone and held-out metrics
+    equal to the recorded ones."""
     repo, env = project
-    client, versions = _registry(repo)
+    _, versions = _registry(repo)
     tags = versions[1].tags
-    lineage = sh(["rewardflow", "lineage", "2"], repo, env).stdout
+    lineage = (repo.parent / "lineage.txt").read_text()
     rows = [line.split() for line in lineage.splitlines() if line.startswith("    ")]
     assert len(rows) >= 6 and all(row[2:] == ["yes", "yes"] for row in rows), lineage
     assert {row[0]: row[1] for row in rows}["data"] == tags["dvc.data"]
     commands = [line.strip() for line in lineage.split("\nrebuild (")[1].splitlines()[1:]]
     assert commands[0].startswith("git clone") and commands[-1].startswith("dvc repro")
-    sh(["bash", "-c", "set -e\n" + "\n".join(commands)], repo.parent, env)
+    assert background["rebuild"].wait(timeout=600) == 0, (repo.parent / "rebuild.log").read_text()[-3000:]
 
     clone = repo.parent / commands[0].split(" && cd ")[1]
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
