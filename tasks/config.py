@@ -23,6 +23,8 @@ from tasks.profiles import PROFILE_KEY, ParamsError, merged_raw, resolve_files
 from tasks.rewards import RewardConfig
 
 REWARD_MODES = ("multi", "binary", "exact")
+# data.pin: what the pipeline does with data files that differ from what their .dvc file pins
+PIN_MODES = ("pin", "refuse")
 # transformers' schedulers that need no extra arguments
 LR_SCHEDULERS = (
     "linear",
@@ -350,11 +352,35 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    # data files that differ from what data.dvc pins: "pin" them (DVC cache + data.dvc) before any stage runs, or
+    # "refuse" to train on them
+    pin: str
+
+    def __post_init__(self) -> None:
+        _check(self.pin in PIN_MODES, "pin", f"must be one of {', '.join(PIN_MODES)} (got {self.pin!r})")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    # a saved Prefect notification block, "<block-type-slug>/<block-name>" (e.g. slack-webhook/ml-team); "" = off
+    block: str
+
+    def __post_init__(self) -> None:
+        _check(
+            not self.block or bool(re.fullmatch(r"[a-z0-9-]+/[A-Za-z0-9_-]+", self.block)),
+            "block",
+            f"must be <block-type-slug>/<block-name>, e.g. slack-webhook/ml-team, or empty (got {self.block!r})",
+        )
+
+
+@dataclass(frozen=True)
 class Params:
     # the overlay merged over params.yaml (tasks/profiles.py), relative to params.yaml; "" for none
     profile: str
     seed: int
     paths: PathsConfig
+    data: DataConfig
     task: TaskConfig
     model: ModelConfig
     reward: RewardParams
@@ -365,6 +391,7 @@ class Params:
     launcher: LauncherConfig
     tracking: TrackingConfig
     register: RegisterConfig
+    notify: NotifyConfig
 
     def __post_init__(self) -> None:
         # numpy's generator, which set_seed seeds too, takes 0 <= seed < 2**32

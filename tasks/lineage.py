@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from tasks import projectlock
+
 log = logging.getLogger(__name__)
 
 
@@ -49,9 +51,8 @@ class Lineage:
         return cls(root, overridden=bool(overrides) or not same)
 
     def _repo(self):
-        from dvc.repo import Repo
-
-        return Repo(str(self.root))
+        """The project's Repo: the one holding the project lock when this process holds it (tasks/projectlock)."""
+        return projectlock.open_repo(self.root)
 
     def is_current(self, stage: str) -> bool:
         """True when DVC sees no change in the stage's deps, params, outs or command."""
@@ -85,6 +86,7 @@ class Lineage:
                 repo.commit(dvc_file, force=True)
         elif changes:
             log.warning(
-                "the generated data differs from what %s pins (task params changed?); run `dvc add data` to pin it",
+                "the generated data differs from what %s pins (task params changed?): data.pin decides whether the "
+                "run pins it or refuses",
                 dvc_file,
             )

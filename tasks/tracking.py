@@ -176,8 +176,9 @@ def git_commit(root: str | Path = ".") -> str:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def dvc_lock_hashes(root: str | Path = ".") -> dict[str, str]:
-    """Every path dvc.lock and data.dvc pin, with its md5: the exact inputs a registered model can be rebuilt from."""
+def dvc_lock_hashes(root: str | Path = ".", stages: bool = True) -> dict[str, str]:
+    """The md5 of every path data.dvc and (with stages) dvc.lock's stage outputs pin: content in the DVC cache, from
+    which a registered model can be rebuilt. (Stage dependencies are git-tracked code or the data pinned here.)"""
     import yaml
 
     root = Path(root)
@@ -185,9 +186,9 @@ def dvc_lock_hashes(root: str | Path = ".") -> dict[str, str]:
     if (root / "data.dvc").is_file():
         for out in yaml.safe_load((root / "data.dvc").read_text()).get("outs", []):
             hashes[out["path"]] = out["md5"]
-    if (root / "dvc.lock").is_file():
+    if stages and (root / "dvc.lock").is_file():
         for stage in (yaml.safe_load((root / "dvc.lock").read_text()).get("stages") or {}).values():
-            for entry in (*stage.get("deps", []), *stage.get("outs", [])):
+            for entry in stage.get("outs", []):
                 if "md5" in entry:
                     hashes[entry["path"]] = entry["md5"]
     return hashes

@@ -60,9 +60,14 @@ def set_params(repo: Path, changes: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def tool_env() -> dict:
+    """The environment for the project's commands (rewardflow, dvc, mlflow, prefect): the virtual env first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
 def make_repo(repo: Path, generate: bool = True):
     """A git + DVC repository with the project's tracked files, tiny params (and generated data)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = tool_env()
     files = sh(["git", "ls-files"], ROOT, env).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
@@ -204,3 +209,100 @@ def grpo_step(p, reward, *, group: int, prompts: int = 1, min_unique_ratio: floa
     moved = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     finite = all(torch.isfinite(t).all() for t in model.parameters())
     return {**seen, "log": logged, "moved": moved, "finite": finite}
+
+
+def stop_group(proc: subprocess.Popen, seconds: float = 30) -> None:
+    """SIGTERM to the process group of proc (started with start_new_session=True), SIGKILL if it lingers."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=seconds)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, seconds: float = 180):
+    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME and a 2 s scheduler loop (so that a new
+    schedule's runs exist within seconds); yields its API URL, stops it and its children afterwards."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    }
+    port = free_port()
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        try:
+            wait_for(f"{api}/health", proc, seconds)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{(home / 'server.log').read_text()[-3000:]}") from None
+        yield api
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+@contextlib.contextmanager
+def http_receiver():
+    """An HTTP server on 127.0.0.1 that records the JSON body of every POST; yields (its URL, the list of bodies)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append(json.loads(body or b"null"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def wait_until(check, seconds: float, what: str, every: float = 1.0):
+    """check() until it returns something truthy (returned); fail naming `what` when the time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+@contextlib.contextmanager
+def prefect_api(api: str):
+    """A synchronous Prefect client on the server at `api` (and Prefect's settings pointing there meanwhile)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        yield client

@@ -190,6 +190,10 @@ BAD_PARAMS = [
     # grpo's collapse guard and vLLM settings
     ("grpo.collapse_low_diversity_frac=0", r"grpo\.collapse_low_diversity_frac must be in \(0, 1\]"),
     ("grpo.vllm_mode=remote", r"grpo\.vllm_mode must be colocate or server"),
+    # data: what to do with unpinned data is pin or refuse, nothing else
+    ("data.pin=ignore", r"data\.pin must be one of pin, refuse"),
+    # notify: a block is named <type-slug>/<name>
+    ("notify.block=my-slack", r"notify\.block must be <block-type-slug>/<block-name>"),
 ]
 
 
