@@ -130,10 +130,12 @@ def _print_summary(summary: dict, seconds: float) -> None:
     for key in ("data", "dvc_push"):
         if summary.get(key):
             typer.echo(f"{key:<10} {summary[key]}")
-    keys = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance")
-    typer.echo("\nheld-out         " + " ".join(f"{k:>17}" for k in keys))
+    from tasks.metrics import SHOWN
+
+    width = {k: max(len(k), 8) for k in SHOWN}
+    typer.echo("\nheld-out         " + " ".join(f"{k:>{width[k]}}" for k in SHOWN))
     for name, metrics in summary["metrics"].items():
-        typer.echo(f"{name:<16} " + " ".join(f"{metrics.get(k, float('nan')):>17.3f}" for k in keys))
+        typer.echo(f"{name:<16} " + " ".join(f"{metrics.get(k, float('nan')):>{width[k]}.3f}" for k in SHOWN))
     uri = summary["tracking_uri"]
     typer.echo(
         f"\npipeline finished in {seconds:.1f}s. Where to look next:\n"

@@ -26,6 +26,7 @@ from flows import notify, stopping
 from tasks import pinning, projectlock, tracking
 from tasks.config import Params, load_params
 from tasks.lineage import Lineage
+from tasks.metrics import SHOWN
 from tasks.stages import STAGES
 
 
@@ -86,7 +87,6 @@ def warm_up(p: Params) -> None:
 
 
 TRACKING_RETRIES = dict(retries=2, retry_delay_seconds=3, retry_condition_fn=_tracking_error)
-SUMMARY_METRICS = ("exact_match", "within_1", "mae", "format_compliance", "mean_reward")
 
 
 @dataclass
@@ -236,7 +236,7 @@ def publish(pipe: Pipeline, results: Sequence[StageResult], registration: Any, p
     header = "| metric | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     rows = "".join(
         f"| {m} | " + " | ".join(f"{c.get(m, float('nan')):.3f}" for c in columns.values()) + " |\n"
-        for m in SUMMARY_METRICS
+        for m in SHOWN
     )
     create_markdown_artifact(
         key="evaluation", markdown=f"# Held-out evaluation\n\n{header}{rows}", description="SFT vs GRPO vs champion"

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from tasks.metrics import METRICS, PROMOTABLE
 from tasks.profiles import PROFILE_KEY, ParamsError, merged_raw, resolve_files
 from tasks.rewards import RewardConfig
 
@@ -291,11 +292,6 @@ class EvaluateConfig:
         _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1 (got {self.max_new_tokens})")
 
 
-# Metrics where lower is better; every other held-out metric is higher-is-better.
-LOWER_IS_BETTER = frozenset({"mae", "structural_failure_rate"})
-PROMOTABLE_METRICS = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance", "mean_reward")
-
-
 @dataclass(frozen=True)
 class RegisterConfig:
     # the MLflow registered model; its versions carry the aliases challenger and champion
@@ -311,15 +307,15 @@ class RegisterConfig:
             f"must be letters, digits, '_', '.', '-' (got {self.model_name!r})",
         )
         _check(
-            self.primary_metric in PROMOTABLE_METRICS,
+            self.primary_metric in PROMOTABLE,
             "primary_metric",
-            f"must be one of {', '.join(PROMOTABLE_METRICS)} (got {self.primary_metric!r})",
+            f"must be one of {', '.join(PROMOTABLE)} (got {self.primary_metric!r})",
         )
         _check(self.min_improvement >= 0.0, "min_improvement", f"must be >= 0 (got {self.min_improvement})")
 
     @property
     def higher_is_better(self) -> bool:
-        return self.primary_metric not in LOWER_IS_BETTER
+        return METRICS[self.primary_metric].higher_is_better
 
 
 @dataclass(frozen=True)

@@ -8,46 +8,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tasks.config import Params
 from tasks.data import read_jsonl, write_jsonl
+from tasks.metrics import COUNT, METRICS, Scored, aggregate
 from tasks.rewards import RewardConfig, score_completion
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = (
-    "exact_match",
-    "item_accuracy",
-    "within_1",
-    "mae",
-    "format_compliance",
-    "structural_failure_rate",
-    "mean_reward",
-    "n",
-)
+METRIC_KEYS = (*METRICS, COUNT)
 
 
 def score_example(text: str, truth: Sequence[int], config: RewardConfig, score_span: int) -> dict[str, Any]:
-    """Per-example scores of one completion: the numbers every held-out metric averages."""
+    """Per-example values of one completion: what each held-out metric (tasks.metrics) averages."""
     scores = score_completion(text, truth, config)
     pred, truth = scores["prediction"], list(truth)
-    structural_ok = not scores["structural_failure"]
-    if structural_ok:
-        errors = [min(abs(p - g), score_span) for p, g in zip(pred, truth, strict=True)]
-    else:
+    if scores["structural_failure"]:
         # A structural failure counts every item at the worst in-range error.
         errors = [score_span] * len(truth)
-    return {
-        "prediction": pred,
-        "exact": scores["perfect"],
-        "item_accuracy": scores["exact_match"],
-        "within_1": float(np.mean([e <= 1 for e in errors])) if structural_ok else 0.0,
-        "abs_error": float(np.mean(errors)) if errors else 0.0,
-        "format_ok": float(scores["format"] == 1.0),
-        "structural_failure": scores["structural_failure"],
-        "reward": scores["combined"],
-    }
+    else:
+        errors = [min(abs(p - g), score_span) for p, g in zip(pred, truth, strict=True)]
+    scored = Scored(scores, errors)
+    return {"prediction": pred, **{m.example_key: m.of_example(scored) for m in METRICS.values()}}
 
 
 def score_predictions(
@@ -66,22 +47,7 @@ def score_predictions(
         raise ValueError(f"{len(texts)} completions for {len(truths)} ground truths")
     span = max_score - min_score
     examples = [score_example(t, g, config, span) for t, g in zip(texts, truths, strict=True)]
-    n = len(examples)
-
-    def mean(key: str) -> float:
-        return float(np.mean([e[key] for e in examples])) if n else 0.0
-
-    metrics = {
-        "exact_match": mean("exact"),
-        "item_accuracy": mean("item_accuracy"),
-        "within_1": mean("within_1"),
-        "mae": mean("abs_error"),
-        "format_compliance": mean("format_ok"),
-        "structural_failure_rate": mean("structural_failure"),
-        "mean_reward": mean("reward"),
-        "n": n,
-    }
-    return metrics, examples
+    return aggregate(examples), examples
 
 
 def generate_greedy(

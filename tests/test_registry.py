@@ -25,8 +25,9 @@ from mlflow.tracking._model_registry import utils as registry_uri_state
 from mlflow.tracking._tracking_service import utils as tracking_uri_state
 from project import free_port, tiny_params
 
-from tasks.config import PROMOTABLE_METRICS, RegisterConfig
+from tasks.config import RegisterConfig
 from tasks.data import generate_rows
+from tasks.metrics import PROMOTABLE
 from tasks.registry import (
     Decision,
     ScorePredictor,
@@ -240,7 +241,7 @@ def test_decide_promotion(metric, margin, challenger, champion, promote_it, reas
 
 @settings(max_examples=3000, deadline=None)
 @given(
-    metric=st.sampled_from(PROMOTABLE_METRICS),
+    metric=st.sampled_from(PROMOTABLE),
     champion=st.floats(0.0, 4.0),
     # the challenger: the champion's value moved by a delta that often lands within a hair of the margin
     delta=st.one_of(st.floats(-1.0, 1.0), st.sampled_from([0.0, 0.005, -0.005, 0.0049999, 0.0050001, 1e-12])),
