@@ -21,9 +21,9 @@ import yaml
 
 from tasks.metrics import METRICS, PROMOTABLE
 from tasks.profiles import PROFILE_KEY, ParamsError, merged_raw, resolve_files
+from tasks.reward_funcs import MODES as REWARD_MODES
 from tasks.rewards import RewardConfig
 
-REWARD_MODES = ("multi", "binary", "exact")
 # data.pin: what the pipeline does with data files that differ from what their .dvc file pins
 PIN_MODES = ("pin", "refuse")
 # transformers' schedulers that need no extra arguments
@@ -143,8 +143,9 @@ class RewardParams(RewardConfig):
         _check(self.mode in REWARD_MODES, "mode", f"must be one of {', '.join(REWARD_MODES)} (got {self.mode!r})")
         _check(self.binary_tolerance >= 0, "binary_tolerance", f"must be >= 0 (got {self.binary_tolerance})")
         # a negative weight or bonus, or a positive penalty, would reward worse answers
-        for key in ("exact_match_weight", "off_by_1_weight", "mae_weight", "format_weight", "perfect_bonus"):
-            _check(getattr(self, key) >= 0, key, f"must be >= 0 (got {getattr(self, key)})")
+        for name, weight in self.weights.items():
+            _check(weight >= 0, f"weights.{name}", f"must be >= 0 (got {weight})")
+        _check(self.perfect_bonus >= 0, "perfect_bonus", f"must be >= 0 (got {self.perfect_bonus})")
         _check(self.structural_penalty <= 0, "structural_penalty", f"must be <= 0 (got {self.structural_penalty})")
 
     @property
@@ -432,6 +433,11 @@ def _coerce(value: Any, tp: Any, key: str, file: str) -> Any:
         raise ParamsError(f"{file}: {key} must be {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key, file)
+    if origin is dict:
+        (_key_type, value_type) = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ParamsError(f"{file}: {key} must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, value_type, f"{key}.{k}", file) for k, v in value.items()}
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list | tuple):

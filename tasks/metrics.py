@@ -62,7 +62,7 @@ METRICS: dict[str, Metric] = {
         # every item of the answer right
         Metric("exact_match", "exact", _score("perfect"), UP, promotable=True, shown=True),
         # the fraction of items exactly right (the reward's item_accuracy component)
-        Metric("item_accuracy", "item_accuracy", _score("exact_match"), UP, promotable=True, shown=True),
+        Metric("item_accuracy", "item_accuracy", _score("item_accuracy"), UP, promotable=True, shown=True),
         # the fraction of items within 1 of the truth; 0 for a structural failure
         Metric("within_1", "within_1", _within_1, UP, promotable=True, shown=True),
         # mean absolute error per item, a structural failure counting every item at the score span

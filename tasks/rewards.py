@@ -1,11 +1,14 @@
-"""The reward design of "Designing Reward Functions for GRPO" (shared/seed), made total.
+"""The reward design of the article "Designing Reward Functions for GRPO" (B. Satyarthi, 2026), made total.
 
 Every function here takes raw model output and never raises or returns NaN/inf, whatever the text.
 One documented deviation from the article, which leaves the case undefined: every component returns
 0.0 when the predictions are empty or their count differs from the ground truth.
 
-The same functions score GRPO completions (through the TRL adapters at the bottom) and held-out
-predictions (tasks/evaluation.py): one scorer.
+The combined reward is a weighted sum over COMPONENTS, the one registry of its named components: a component is
+its function here and its weight in params.yaml (`reward.weights.<name>`); the TRL reward functions
+(tasks/reward_funcs.py), GRPO's per-component statistics and plots, the dead-component monitor and every check of
+the weights derive from it. The same functions score GRPO completions and held-out predictions
+(tasks/evaluation.py): one scorer.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,7 +63,8 @@ def _item_error(p: int, g: int) -> int:
     return min(abs(p - g), MAX_ITEM_ERROR)
 
 
-def _structural_ok(predictions: Sequence[int], ground_truth: Sequence[int]) -> bool:
+def structural_ok(predictions: Sequence[int], ground_truth: Sequence[int]) -> bool:
+    """The answer has the right count of scores (and some): otherwise every component is 0."""
     return bool(predictions) and len(predictions) == len(ground_truth)
 
 
@@ -75,13 +79,13 @@ def parse_scores(text: str) -> list[int]:
     return [_to_int(m) for m in _INT_RE.findall(text)]
 
 
-def exact_match_reward(predictions: Sequence[int], ground_truth: Sequence[int]) -> float:
-    """Per-answer fraction correct.
+def item_accuracy_reward(predictions: Sequence[int], ground_truth: Sequence[int]) -> float:
+    """Per-item fraction exactly right (the article's exact_match_reward; "exact match" here means every item).
 
-    >>> exact_match_reward([3, 4, 2, 5], [3, 4, 3, 5])
+    >>> item_accuracy_reward([3, 4, 2, 5], [3, 4, 3, 5])
     0.75
     """
-    if not _structural_ok(predictions, ground_truth):
+    if not structural_ok(predictions, ground_truth):
         return 0.0
     return sum(1 for p, g in zip(predictions, ground_truth, strict=True) if p == g) / len(ground_truth)
 
@@ -92,7 +96,7 @@ def off_by_1_reward(predictions: Sequence[int], ground_truth: Sequence[int], exa
     >>> round(off_by_1_reward([3, 4, 2, 5], [3, 4, 3, 5]), 4)  # (1.3 * 3 + 1) / 5.2
     0.9423
     """
-    if not _structural_ok(predictions, ground_truth):
+    if not structural_ok(predictions, ground_truth):
         return 0.0
     total = 0.0
     for p, g in zip(predictions, ground_truth, strict=True):
@@ -111,7 +115,7 @@ def mae_reward(predictions: Sequence[int], ground_truth: Sequence[int], max_mae:
     >>> mae_reward([3, 4, 2, 5], [3, 4, 3, 5])  # MAE 0.25
     0.95
     """
-    if not _structural_ok(predictions, ground_truth) or max_mae <= 0:
+    if not structural_ok(predictions, ground_truth) or max_mae <= 0:
         return 0.0
     mae = sum(_item_error(p, g) for p, g in zip(predictions, ground_truth, strict=True)) / len(ground_truth)
     return max(0.0, 1.0 - mae / max_mae)
@@ -127,7 +131,7 @@ def format_reward(predictions: Sequence[int], ground_truth: Sequence[int], raw_r
     >>> format_reward([-3, 0, 2], [-2, 0, 2], "-3 0 2")
     1.0
     """
-    if not _structural_ok(predictions, ground_truth) or not isinstance(raw_response, str):
+    if not structural_ok(predictions, ground_truth) or not isinstance(raw_response, str):
         return 0.0
     reward = 0.5
     stripped = raw_response.strip()
@@ -145,7 +149,7 @@ def binary_reward(predictions: Sequence[int], ground_truth: Sequence[int], toler
     >>> binary_reward([3, 4, 2, 5], [3, 4, 3, 5]), binary_reward([3, 4, 1, 5], [3, 4, 3, 5])
     (1.0, 0.0)
     """
-    if not _structural_ok(predictions, ground_truth):
+    if not structural_ok(predictions, ground_truth):
         return 0.0
     ok = all(_item_error(p, g) <= tolerance for p, g in zip(predictions, ground_truth, strict=True))
     return 1.0 if ok else 0.0
@@ -157,37 +161,73 @@ def perfect_match_reward(predictions: Sequence[int], ground_truth: Sequence[int]
     >>> perfect_match_reward([3, 4, 2, 5], [3, 4, 3, 5]), perfect_match_reward([3, 4, 3, 5], [3, 4, 3, 5])
     (0.0, 1.0)
     """
-    ok = _structural_ok(predictions, ground_truth) and list(predictions) == list(ground_truth)
+    ok = structural_ok(predictions, ground_truth) and list(predictions) == list(ground_truth)
     return 1.0 if ok else 0.0
+
+
+# --- the combined reward ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Component:
+    """A named, weighted term of the combined reward. The name is everywhere the component shows: its weight
+    `reward.weights.<name>`, TRL's `rewards/<name>/mean`, GRPO's `reward_stats/<name>/mean|std`, the plots."""
+
+    name: str
+    # the component's value for parsed predictions, the ground truth and the raw text, with the reward constants
+    score: Callable[[Sequence[int], Sequence[int], str, RewardConfig], float]
+    # the article's weight (params.yaml carries the same)
+    weight: float
+
+
+# The components of the combined reward, in the order they are summed.
+COMPONENTS: dict[str, Component] = {
+    c.name: c
+    for c in (
+        Component("item_accuracy", lambda p, g, _text, _c: item_accuracy_reward(p, g), 0.3),
+        Component("off_by_1", lambda p, g, _text, c: off_by_1_reward(p, g, c.exact_bonus), 0.3),
+        Component("mae", lambda p, g, _text, c: mae_reward(p, g, c.max_mae), 0.25),
+        Component("format", lambda p, g, text, _c: format_reward(p, g, text), 0.15),
+    )
+}
+# what score_completion reports besides the components
+SCORE_KEYS = ("prediction", "combined", "structural_failure", "perfect")
+
+
+def default_weights() -> dict[str, float]:
+    """The article's weight of every component."""
+    return {name: c.weight for name, c in COMPONENTS.items()}
+
+
+def _check_finite(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     """Weights and constants of the combined reward; the article's defaults (params.yaml carries the same)."""
 
-    exact_match_weight: float = 0.3
-    off_by_1_weight: float = 0.3
-    mae_weight: float = 0.25
-    format_weight: float = 0.15
+    # one weight per component of COMPONENTS
+    weights: dict[str, float] = field(default_factory=default_weights)
     structural_penalty: float = -0.5
     perfect_bonus: float = 0.1
     exact_bonus: float = 0.3
     max_mae: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in (
-            "exact_match_weight",
-            "off_by_1_weight",
-            "mae_weight",
-            "format_weight",
-            "structural_penalty",
-            "perfect_bonus",
-            "exact_bonus",
-            "max_mae",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        known = ", ".join(COMPONENTS)
+        for name in self.weights:
+            if name not in COMPONENTS:
+                raise ValueError(f"weights.{name} is not a reward component (components: {known})")
+            _check_finite(f"weights.{name}", self.weights[name])
+        for name in COMPONENTS:
+            if name in SCORE_KEYS:
+                raise ValueError(f"reward component {name!r}: the name is taken ({', '.join(SCORE_KEYS)})")
+            if name not in self.weights:
+                raise ValueError(f"weights.{name} is missing: every reward component needs a weight ({known})")
+        for name in ("structural_penalty", "perfect_bonus", "exact_bonus", "max_mae"):
+            _check_finite(name, getattr(self, name))
         if self.max_mae <= 0:
             raise ValueError(f"max_mae must be > 0, got {self.max_mae}")
         if self.exact_bonus < 0:
@@ -197,20 +237,18 @@ class RewardConfig:
 def combined_reward(
     predictions: Sequence[int], ground_truth: Sequence[int], raw_response: str, config: RewardConfig
 ) -> float:
-    """Weighted sum of the four components; the structural penalty on a wrong count; +bonus when perfect.
+    """Weighted sum of the components; the structural penalty on a wrong count; +bonus when perfect.
 
     >>> round(combined_reward([3, 4, 2, 5], [3, 4, 3, 5], "3 4 2 5", RewardConfig()), 4)
     0.8952
     >>> combined_reward([3, 4], [3, 4, 3, 5], "3 4", RewardConfig())
     -0.5
     """
-    if not _structural_ok(predictions, ground_truth):
+    if not structural_ok(predictions, ground_truth):
         return config.structural_penalty
-    reward = (
-        config.exact_match_weight * exact_match_reward(predictions, ground_truth)
-        + config.off_by_1_weight * off_by_1_reward(predictions, ground_truth, config.exact_bonus)
-        + config.mae_weight * mae_reward(predictions, ground_truth, config.max_mae)
-        + config.format_weight * format_reward(predictions, ground_truth, raw_response)
+    reward = sum(
+        config.weights[name] * c.score(predictions, ground_truth, raw_response, config)
+        for name, c in COMPONENTS.items()
     )
     if list(predictions) == list(ground_truth):
         reward += config.perfect_bonus
@@ -218,21 +256,19 @@ def combined_reward(
 
 
 def score_completion(text: str, ground_truth: Sequence[int], config: RewardConfig) -> dict[str, Any]:
-    """Every component of one completion from a single parse: what GRPO's statistics and held-out metrics use.
+    """Every component of one completion from a single parse, the combined reward, and whether the answer is a
+    structural failure or perfect: what GRPO's statistics and held-out metrics use.
 
-    >>> score_completion("3 4 2 5", [3, 4, 3, 5], RewardConfig())["exact_match"]
+    >>> score_completion("3 4 2 5", [3, 4, 3, 5], RewardConfig())["item_accuracy"]
     0.75
     """
     pred = parse_scores(text)
     truth = list(ground_truth)
     return {
         "prediction": pred,
-        "exact_match": exact_match_reward(pred, truth),
-        "off_by_1": off_by_1_reward(pred, truth, config.exact_bonus),
-        "mae": mae_reward(pred, truth, config.max_mae),
-        "format": format_reward(pred, truth, text),
+        **{name: c.score(pred, truth, text, config) for name, c in COMPONENTS.items()},
         "combined": combined_reward(pred, truth, text, config),
-        "structural_failure": float(not _structural_ok(pred, truth)),
+        "structural_failure": float(not structural_ok(pred, truth)),
         "perfect": perfect_match_reward(pred, truth),
     }
 
@@ -265,73 +301,3 @@ def check_diversity(completions: Sequence[str], min_unique_ratio: float = 0.5) -
     if not completions:
         return False
     return len(set(completions)) / len(completions) >= min_unique_ratio
-
-
-# --- TRL adapters ------------------------------------------------------------------------------------
-# TRL calls each reward function with prompts, completions and every dataset column (here `scores`) as
-# keyword lists, and logs each function's raw mean/std as rewards/<__name__>/mean|std. One function per
-# component, combined by reward_weights, reproduces combined_reward exactly: the components are 0 on a
-# structural failure, and the `structure` function carries the penalty and the perfect bonus.
-
-RewardFunc = Callable[..., list[float]]
-
-
-def completion_text(completion: object) -> str:
-    """The text of a TRL completion: a plain string or a list of chat messages."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list | tuple) and completion:
-        last = completion[-1]
-        if isinstance(last, dict):
-            content = last.get("content", "")
-            return content if isinstance(content, str) else ""
-    if isinstance(completion, dict):
-        content = completion.get("content", "")
-        return content if isinstance(content, str) else ""
-    return ""
-
-
-def _per_completion(score: Callable[[list[int], list[int], str], float], name: str) -> RewardFunc:
-    def reward_func(completions: list, scores: list, **kwargs) -> list[float]:
-        out = []
-        for completion, truth in zip(completions, scores, strict=True):
-            text = completion_text(completion)
-            out.append(float(score(parse_scores(text), list(truth), text)))
-        return out
-
-    reward_func.__name__ = name
-    reward_func.__qualname__ = name
-    return reward_func
-
-
-def build_reward_funcs(
-    mode: str, config: RewardConfig, binary_tolerance: int = 1
-) -> tuple[list[RewardFunc], list[float]]:
-    """TRL reward_funcs and reward_weights for a reward mode: "multi", "binary" or "exact"."""
-    if mode == "multi":
-
-        def structure(p: list[int], g: list[int], _text: str) -> float:
-            if not _structural_ok(p, g):
-                return config.structural_penalty
-            return config.perfect_bonus if p == g else 0.0
-
-        funcs = [
-            _per_completion(lambda p, g, _t: exact_match_reward(p, g), "exact_match"),
-            _per_completion(lambda p, g, _t: off_by_1_reward(p, g, config.exact_bonus), "off_by_1"),
-            _per_completion(lambda p, g, _t: mae_reward(p, g, config.max_mae), "mae"),
-            _per_completion(format_reward, "format"),
-            _per_completion(structure, "structure"),
-        ]
-        weights = [
-            config.exact_match_weight,
-            config.off_by_1_weight,
-            config.mae_weight,
-            config.format_weight,
-            1.0,
-        ]
-        return funcs, weights
-    if mode == "binary":
-        return [_per_completion(lambda p, g, _t: binary_reward(p, g, binary_tolerance), "binary")], [1.0]
-    if mode == "exact":
-        return [_per_completion(lambda p, g, _t: perfect_match_reward(p, g), "perfect_match")], [1.0]
-    raise ValueError(f"unknown reward mode {mode!r}: use one of multi, binary, exact")

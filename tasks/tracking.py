@@ -343,17 +343,18 @@ def _log_artifacts(client: Any, run_id: str, files: Iterable[Path], folder: str)
 # --- plots ------------------------------------------------------------------------------------------------------
 
 
-def reward_components_figure(components: list[dict[str, float]]) -> Any:
-    """Mean of every reward component per GRPO logging step (the article's per-component view)."""
+def reward_components_figure(records: list[dict[str, Any]]) -> Any:
+    """Mean of every reward component per GRPO logging step (the article's per-component view), from records
+    {step, component, mean}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [c["step"] for c in components]
-    for name in (k for k in components[0] if k != "step"):
-        ax.plot(steps, [c[name] for c in components], label=name)
+    for name in dict.fromkeys(r["component"] for r in records):
+        points = [(r["step"], r["mean"]) for r in records if r["component"] == name]
+        ax.plot([step for step, _ in points], [mean for _, mean in points], label=name)
     ax.set(xlabel="GRPO step", ylabel="mean reward", title="GRPO reward components")
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()

@@ -21,21 +21,20 @@ from tasks.data import completion_for, read_jsonl, read_jsonl_lines
 from tasks.launcher import world_size
 from tasks.modeling import check_targets, load_base_model, load_pretrained, peft_config_for, save_artifact
 from tasks.prompts import CHAT_KEY, check_fits, checkpoint_uses_chat_template, trl_example, uses_chat_template
-from tasks.rewards import (
-    RewardConfig,
-    build_reward_funcs,
-    check_diversity,
-    completion_text,
-    compute_advantages,
-    score_completion,
-)
+from tasks.reward_funcs import build_reward_funcs, completion_text
+from tasks.rewards import COMPONENTS, RewardConfig, check_diversity, compute_advantages, score_completion
 from tasks.stages import stage_params
 from tasks.write_errors import write_error_cause
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("exact_match", "off_by_1", "mae", "format", "combined")
 STATS_PREFIX = "reward_stats/"
+
+
+def component_stats() -> tuple[str, ...]:
+    """What GRPO logs a mean and std of per step, and plots: every reward component, then the combined reward."""
+    return (*COMPONENTS, "combined")
+
 
 # Local training needs nothing from the network: keep TRL/transformers from trying.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -151,7 +150,7 @@ class DeadComponentMonitor(LogCapture):
                     f"(grpo.collapse_low_diversity_frac {self.collapse_frac})"
                 )
                 log.warning("grpo stopped early: policy %s; its groups carry no advantage", self.stop_reason)
-        for name in COMPONENTS[:-1]:
+        for name in COMPONENTS:
             value = logs.get(f"{STATS_PREFIX}{name}/mean")
             if value is None:
                 continue
@@ -441,7 +440,7 @@ def _grpo_trainer_class():
             metrics[f"{STATS_PREFIX}low_diversity_group_frac"].append(low_div / n_groups)
             metrics[f"{STATS_PREFIX}non_finite_rewards"].append(float(non_finite))
             stats = completion_stats(texts, truths, self.reward_config)
-            for name in COMPONENTS:
+            for name in component_stats():
                 values = torch.tensor(stats[name], dtype=torch.float64)
                 metrics[f"{STATS_PREFIX}{name}/mean"].append(values.mean().item())
                 metrics[f"{STATS_PREFIX}{name}/std"].append(values.std(unbiased=False).item())
@@ -616,9 +615,10 @@ def run_grpo(p: Params) -> dict[str, Any]:
     # --- save
     out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "grpo", result, resumed_from, chat)
     components = [
-        {"step": e["step"], **{c: e[f"{STATS_PREFIX}{c}/mean"] for c in COMPONENTS}}
+        {"step": e["step"], "component": c, "mean": e[f"{STATS_PREFIX}{c}/mean"]}
         for e in monitor.logs
         if f"{STATS_PREFIX}combined/mean" in e
+        for c in component_stats()
     ]
     if main:
         Path(p.paths.reports_dir).mkdir(parents=True, exist_ok=True)

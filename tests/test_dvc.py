@@ -104,20 +104,20 @@ def test_reward_weight_experiment(repo):
     _sh(["dvc", "repro"], repo, env)
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], repo, env)
-    run = _sh(["dvc", "exp", "run", "-n", "em05", "-S", "reward.exact_match_weight=0.5"], repo, env)
+    run = _sh(["dvc", "exp", "run", "-n", "em05", "-S", "reward.weights.item_accuracy=0.5"], repo, env)
     assert _ran(run.stdout) == ["grpo", "evaluate"]
     table = _sh(["dvc", "exp", "show", "--csv"], repo, env).stdout
     header, *rows = csv.reader(io.StringIO(table))
-    weight, mae = header.index("reward.exact_match_weight"), header.index("grpo.mae")
+    weight, mae = header.index("reward.weights.item_accuracy"), header.index("grpo.mae")
     exp_row = next(r for r in rows if r[0] == "em05")
     assert float(exp_row[weight]) == 0.5 and float(exp_row[mae]) >= 0.0
 
     # a queued sweep: two more weights, run by DVC's queue worker, compared side by side
     for weight in (0.1, 0.7):
-        _sh(["dvc", "exp", "run", "--queue", "-S", f"reward.exact_match_weight={weight}"], repo, env)
+        _sh(["dvc", "exp", "run", "--queue", "-S", f"reward.weights.item_accuracy={weight}"], repo, env)
     _sh(["dvc", "exp", "run", "--run-all", "-j", "1"], repo, env)
     header, *rows = csv.reader(io.StringIO(_sh(["dvc", "exp", "show", "--csv"], repo, env).stdout))
-    state, weight = header.index("State"), header.index("reward.exact_match_weight")
+    state, weight = header.index("State"), header.index("reward.weights.item_accuracy")
     swept = {float(r[weight]): r for r in rows if r[state] == "Success"}
     assert {0.1, 0.7} <= set(swept)
     assert all(float(swept[w][mae]) >= 0.0 for w in (0.1, 0.7))

@@ -78,7 +78,7 @@ def test_first_run_trains_tracks_and_registers_a_champion(project):
 
     # per-step training metrics, including every reward component's mean and std (2 GRPO steps, logged each)
     grpo = stages["grpo"].info.run_id
-    for key in ("rewards/exact_match/mean", "rewards/format/std", "reward_stats/combined/mean", "loss"):
+    for key in ("rewards/item_accuracy/mean", "rewards/format/std", "reward_stats/combined/mean", "loss"):
         history = client.get_metric_history(grpo, key)
         assert [m.step for m in history] == [1, 2], key
     assert len(client.get_metric_history(stages["sft"].info.run_id, "loss")) == 3

@@ -158,7 +158,7 @@ BAD_PARAMS = [
     # reward: an unknown mode
     ("reward.mode=dense", r"reward\.mode must be one of multi, binary, exact"),
     # reward: a negative weight rewards worse answers
-    ("reward.mae_weight=-0.25", r"reward\.mae_weight must be >= 0"),
+    ("reward.weights.mae=-0.25", r"reward\.weights\.mae must be >= 0"),
     # reward: a positive "penalty" rewards broken output
     ("reward.structural_penalty=0.5", r"reward\.structural_penalty must be <= 0"),
     # reward: NaN passes every "<" check, so it is refused by type

@@ -1,6 +1,7 @@
 """The article's reward functions against hand-computed values, plus properties on arbitrary text."""
 
 import dataclasses
+import inspect
 import math
 from pathlib import Path
 
@@ -10,15 +11,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tasks.reward_funcs import build_reward_funcs
 from tasks.rewards import (
+    COMPONENTS,
     RewardConfig,
     binary_reward,
-    build_reward_funcs,
     check_diversity,
     combined_reward,
     compute_advantages,
-    exact_match_reward,
     format_reward,
+    item_accuracy_reward,
     mae_reward,
     off_by_1_reward,
     parse_scores,
@@ -62,8 +64,8 @@ def test_parse_scores(text, expected):
         ([], GT, 0.0),  # empty
     ],
 )
-def test_exact_match_reward(pred, truth, expected):
-    assert exact_match_reward(pred, truth) == pytest.approx(expected)
+def test_item_accuracy_reward(pred, truth, expected):
+    assert item_accuracy_reward(pred, truth) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
@@ -178,10 +180,38 @@ def test_check_diversity(completions, expected):
     assert check_diversity(completions) is expected
 
 
+def _default(func, name):
+    return inspect.signature(func).parameters[name].default
+
+
 def test_params_yaml_carries_the_article_defaults():
-    reward = yaml.safe_load((ROOT / "params.yaml").read_text())["reward"]
+    """The public reward API keeps the article's defaults in its signatures; params.yaml, the only home of the
+    pipeline's defaults, carries the same values."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    reward, grpo = params["reward"], params["grpo"]
+    defaults = RewardConfig()
     for field in dataclasses.fields(RewardConfig):
-        assert reward[field.name] == field.default, field.name
+        assert reward[field.name] == getattr(defaults, field.name), field.name
+    assert reward["weights"] == {name: c.weight for name, c in COMPONENTS.items()}
+    assert reward["exact_bonus"] == _default(off_by_1_reward, "exact_bonus")
+    assert reward["max_mae"] == _default(mae_reward, "max_mae")
+    assert reward["binary_tolerance"] == _default(binary_reward, "tolerance")
+    assert reward["binary_tolerance"] == _default(build_reward_funcs, "binary_tolerance")
+    assert grpo["min_std"] == _default(compute_advantages, "min_std")
+    assert grpo["min_unique_ratio"] == _default(check_diversity, "min_unique_ratio")
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({**RewardConfig().weights, "toy": 0.1}, r"weights\.toy is not a reward component \(components: item_accuracy"),
+        ({"item_accuracy": 0.3, "off_by_1": 0.3, "mae": 0.25}, r"weights\.format is missing"),
+        ({**RewardConfig().weights, "mae": float("nan")}, r"weights\.mae must be a finite number"),
+    ],
+)
+def test_every_component_needs_exactly_one_weight(weights, message):
+    with pytest.raises(ValueError, match=message):
+        RewardConfig(weights=weights)
 
 
 @pytest.mark.parametrize(
@@ -190,7 +220,8 @@ def test_params_yaml_carries_the_article_defaults():
 )
 def test_trl_adapters_sum_to_combined_reward(raw):
     funcs, weights = build_reward_funcs("multi", CFG)
-    assert [f.__name__ for f in funcs] == ["exact_match", "off_by_1", "mae", "format", "structure"]
+    assert [f.__name__ for f in funcs] == [*COMPONENTS, "structure"]
+    assert weights == [*CFG.weights.values(), 1.0]
     per_func = [f(prompts=["p"], completions=[raw], scores=[GT])[0] for f in funcs]
     total = sum(w * r for w, r in zip(weights, per_func, strict=True))
     assert total == pytest.approx(combined_reward(parse_scores(raw), GT, raw, CFG))
@@ -223,7 +254,7 @@ truths = st.lists(st.integers(1, 5), min_size=1, max_size=6)
 def test_rewards_are_total_and_bounded(text, truth):
     pred = parse_scores(text)
     values = {
-        "exact": exact_match_reward(pred, truth),
+        "exact": item_accuracy_reward(pred, truth),
         "off_by_1": off_by_1_reward(pred, truth),
         "mae": mae_reward(pred, truth),
         "format": format_reward(pred, truth, text),
@@ -232,7 +263,7 @@ def test_rewards_are_total_and_bounded(text, truth):
     for name, value in values.items():
         assert math.isfinite(value) and 0.0 <= value <= 1.0, (name, value)
     combined = combined_reward(pred, truth, text, CFG)
-    upper = CFG.exact_match_weight + CFG.off_by_1_weight + CFG.mae_weight + CFG.format_weight + CFG.perfect_bonus
+    upper = sum(CFG.weights.values()) + CFG.perfect_bonus
     assert math.isfinite(combined) and CFG.structural_penalty <= combined <= upper + 1e-12
 
 

@@ -11,7 +11,9 @@ import torch
 from project import TINY, grpo_step, overrides, tiny_params
 
 from tasks.data import read_jsonl
+from tasks.metrics import METRICS
 from tasks.modeling import load_base_model, load_pretrained, save_artifact
+from tasks.rewards import COMPONENTS
 from tasks.training import DeadComponentMonitor, group_advantages
 
 
@@ -57,30 +59,22 @@ def test_sft_grpo_evaluate_learn_and_save(tiny):
     logged = [entry for entry in grpo["logs"] if "reward_stats/combined/mean" in entry]
     assert len(logged) == 2
     for entry in logged:
-        for name in ("exact_match", "off_by_1", "mae", "format"):
+        for name in COMPONENTS:
             for stat in ("mean", "std"):
                 value = entry[f"reward_stats/{name}/{stat}"]
                 assert math.isfinite(value) and 0.0 <= value <= 1.0, (name, stat, value)
         for key in ("structural_failure_rate", "perfect_rate", "zero_std_group_frac", "low_diversity_group_frac"):
             assert 0.0 <= entry[f"reward_stats/{key}"] <= 1.0
         # TRL's own per-function logging sees the same named components
-        assert entry["rewards/exact_match/mean"] == pytest.approx(entry["reward_stats/exact_match/mean"], abs=1e-6)
+        for name in COMPONENTS:
+            assert entry[f"rewards/{name}/mean"] == pytest.approx(entry[f"reward_stats/{name}/mean"], abs=1e-6)
     assert json.loads((Path(p.paths.reports_dir) / "grpo_logs.json").read_text())["summary"]["steps"] == 2
 
     results = run_evaluate(p)
     report = json.loads((Path(p.paths.reports_dir) / "eval.json").read_text())
     assert report == json.loads(json.dumps(results))
     for name in ("sft", "grpo"):
-        assert set(report[name]) == {
-            "exact_match",
-            "item_accuracy",
-            "within_1",
-            "mae",
-            "format_compliance",
-            "structural_failure_rate",
-            "mean_reward",
-            "n",
-        }
+        assert set(report[name]) == {*METRICS, "n"}
         assert report[name]["n"] == 16
         preds = read_jsonl(Path(p.paths.reports_dir) / f"predictions_{name}.jsonl")
         assert len(preds) == 16 and {"completion", "prediction", "scores"} <= set(preds[0])
@@ -200,7 +194,7 @@ def test_group_advantages(rewards, texts, group, expected_adv, zero_std, low_div
 def test_dead_component_monitor():
     monitor = DeadComponentMonitor(window=3, low=0.02, high=0.98)
     for step, fmt in enumerate([0.99, 0.995, 0.97, 0.99, 0.99, 0.999], start=1):
-        monitor.on_log(step, {"reward_stats/format/mean": fmt, "reward_stats/exact_match/mean": 0.5})
+        monitor.on_log(step, {"reward_stats/format/mean": fmt, "reward_stats/item_accuracy/mean": 0.5})
     # format was above 0.98 for the last 3 logs (steps 4-6); the dip at step 3 reset the window
     assert list(monitor.dead) == ["format"]
     assert "step 6" in monitor.dead["format"]
