@@ -36,6 +36,8 @@ LR_SCHEDULERS = (
 _CREDENTIAL_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 BUILTIN_PREFIX = "builtin:"
+# The built-in tokenizer has one token per score of the task's range; beyond this many it is the wrong tool.
+MAX_BUILTIN_SCORES = 1000
 
 
 class ParamsError(ValueError):
@@ -353,6 +355,13 @@ class Params:
     def __post_init__(self) -> None:
         # numpy's generator, which set_seed seeds too, takes 0 <= seed < 2**32
         _check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32) (got {self.seed})")
+        n_scores = self.task.max_score - self.task.min_score + 1
+        _check(
+            not self.model.is_builtin or n_scores <= MAX_BUILTIN_SCORES,
+            "task.max_score",
+            f"- task.min_score + 1 = {n_scores} scores: the built-in model has one token per score and takes at most "
+            f"{MAX_BUILTIN_SCORES}; narrow the range or set model.name_or_path to a pretrained model",
+        )
         n = self.launcher.num_processes
         # every process takes an equal share of the global batch
         _check(self.sft.batch_size % n == 0, "sft.batch_size", f"must be divisible by launcher.num_processes ({n})")

@@ -98,8 +98,9 @@ def generate_rows(
     rng = random.Random(seed)
     raters = random.Random(f"raters-{seed}")
     aspects = ASPECTS[:n_items]
-    # Enough sentiment words per aspect to reach both ends of the score range from the midpoint.
-    max_words = (max_score - min_score) // 2
+    # Enough sentiment words per aspect to reach both ends of the score range from the midpoint (as far as the
+    # word lists allow: on a range wider than 2 * len(POSITIVE) the extremes are never the consensus).
+    max_words = min((max_score - min_score) // 2, len(POSITIVE), len(NEGATIVE))
     seen = set(exclude)
     rows: list[dict[str, Any]] = []
     attempts = 0

@@ -25,8 +25,14 @@ def task_vocabulary(prompts: Iterable[str]) -> list[str]:
     return sorted({word for prompt in prompts for word in prompt.split()} - set(DIGITS) - set(SPECIAL_TOKENS))
 
 
-def build_word_tokenizer(words: Iterable[str]) -> Any:
-    """Word-level fast tokenizer: specials, the digits, then `words`; decode joins tokens with one space.
+def score_words(min_score: int, max_score: int) -> list[str]:
+    """Every score of the task's range as a word, so that `10` or `-3` is one token and never unknown."""
+    return [str(s) for s in range(min_score, max_score + 1)]
+
+
+def build_word_tokenizer(words: Iterable[str], scores: Iterable[str] = ()) -> Any:
+    """Word-level fast tokenizer: specials, the digits, the `scores` of the task's range, then `words`; decode
+    joins tokens with one space.
 
     Specials are added tokens, so TRL's `"5<eos>"` (EOS appended with no space) splits into "5", "<eos>".
     """
@@ -34,7 +40,7 @@ def build_word_tokenizer(words: Iterable[str]) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
-    for token in (*SPECIAL_TOKENS, *DIGITS, "-", *words):
+    for token in (*SPECIAL_TOKENS, *DIGITS, "-", *scores, *words):
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -105,14 +111,51 @@ def load_pretrained(path: str | Path, trust_remote_code: bool = False) -> tuple[
     return model, tokenizer
 
 
-def load_base_model(cfg: ModelConfig, train_prompts: Iterable[str], seed: int) -> tuple[Any, Any]:
-    """The starting model of the pipeline: the built-in tiny Llama or a pretrained model."""
+def load_base_model(
+    cfg: ModelConfig, train_prompts: Iterable[str], seed: int, score_range: tuple[int, int] | None = None
+) -> tuple[Any, Any]:
+    """The starting model of the pipeline: the built-in tiny Llama (its vocabulary: the training prompts' words
+    and every score in score_range) or a pretrained model."""
     if cfg.is_builtin:
-        tokenizer = build_word_tokenizer(task_vocabulary(train_prompts))
+        scores = score_words(*score_range) if score_range else ()
+        tokenizer = build_word_tokenizer(task_vocabulary(train_prompts), scores)
         model = build_tiny_llama(cfg, tokenizer, seed)
         log.info("built-in model: %d parameters, vocabulary %d", model.num_parameters(), len(tokenizer))
         return model, tokenizer
     return load_pretrained(cfg.name_or_path, cfg.trust_remote_code)
+
+
+def check_targets(tokenizer: Any, file: str | Path, targets: Iterable[tuple[int, str]]) -> None:
+    """Fail before training when a target completion cannot be learned: it encodes to an unknown token or does not
+    decode back to itself, so the model could never emit it. `targets` are (line, completion) pairs of `file`."""
+    from tasks.data import DataFileError
+
+    first_line: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for line, text in targets:
+        first_line.setdefault(text, line)
+        counts[text] = counts.get(text, 0) + 1
+    unk = tokenizer.unk_token_id
+    texts = list(first_line)
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for text, ids in zip(texts, encoded, strict=True):
+        decoded = tokenizer.decode(ids, skip_special_tokens=False)
+        if unk is not None and unk in ids:
+            words = [w for w in text.split() if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+            which = f" (for {words[0]!r})" if words else ""
+            problem = f"it encodes to the unknown token {tokenizer.unk_token}{which}"
+        elif decoded.strip() != text.strip():
+            problem = f"it decodes back as {decoded.strip()!r}"
+        else:
+            continue
+        rows = counts[text]
+        also = f" ({rows} rows have this target)" if rows > 1 else ""
+        raise DataFileError(
+            f"{file}:{first_line[text]}: the target completion {text.strip()!r} cannot be represented by the model's "
+            f"tokenizer: {problem}{also}, so the model could never learn to emit it. For the built-in model, set "
+            "task.min_score and task.max_score to cover every score in the data (it has one token per score); for a "
+            "pretrained model, use a tokenizer that covers these characters."
+        )
 
 
 def peft_config_for(lora: LoraConfig, model_cfg: ModelConfig) -> Any | None:

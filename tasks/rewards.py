@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 _INT_RE = re.compile(r"-?\d+")
-_CLEAN_RE = re.compile(r"^[\d\s]+$")
+# "only digits and whitespace", where a minus sign directly before a number belongs to it (negative score ranges)
+_CLEAN_RE = re.compile(r"^-?\d+(\s+-?\d+)*$")
 # Python refuses int<->str conversions above 4300 digits; long runs are converted in chunks.
 _CHUNK = 4000
 # 10**_CHUNK, computed once: as a big int it costs ~40 us per evaluation, in the reward hot path
@@ -123,6 +124,8 @@ def format_reward(predictions: Sequence[int], ground_truth: Sequence[int], raw_r
     1.0
     >>> format_reward([3, 4, 2, 5], [3, 4, 3, 5], "The answers are: 3 4 2 5")
     0.5
+    >>> format_reward([-3, 0, 2], [-2, 0, 2], "-3 0 2")
+    1.0
     """
     if not _structural_ok(predictions, ground_truth) or not isinstance(raw_response, str):
         return 0.0

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import Params
-from tasks.data import completion_for, read_jsonl
+from tasks.data import completion_for, read_jsonl, read_jsonl_lines
 from tasks.launcher import world_size
-from tasks.modeling import load_base_model, load_pretrained, peft_config_for, save_artifact
+from tasks.modeling import check_targets, load_base_model, load_pretrained, peft_config_for, save_artifact
 from tasks.rewards import (
     RewardConfig,
     build_reward_funcs,
@@ -462,12 +462,15 @@ def run_sft(p: Params) -> dict[str, Any]:
 
     set_seed(p.seed)
     # --- data
-    rows = read_jsonl(p.paths.train_file)
+    lines = read_jsonl_lines(p.paths.train_file)
+    rows = [row for _, row in lines]
     dataset = Dataset.from_list(
         [{"prompt": r["prompt"], "completion": " " + completion_for(r["scores"])} for r in rows]
     )
-    # --- model
-    model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
+    # --- model; every target must be something its tokenizer can represent
+    score_range = (p.task.min_score, p.task.max_score)
+    model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed, score_range)
+    check_targets(tokenizer, p.paths.train_file, ((n, completion_for(r["scores"])) for n, r in lines))
     # --- train, resuming an interrupted run of the same params and data from its last complete checkpoint
     capture = LogCapture("sft")
     fingerprint = stage_fingerprint(p, "sft", [p.paths.train_file])
