@@ -88,8 +88,8 @@ class GateResult:
         head = "data validation " + ("passed" if self.passed else f"FAILED ({len(self.failures)} expectations)")
         lines = [head, *(f"  FAIL {f.format()}" for f in self.failures)]
         lines += [f"  warn {w.format()}" for w in self.warnings]
-        if self.data_docs:
-            lines.append(f"  report: {self.data_docs}")
+        if self.report:
+            lines.append(f"  report: {self.report}, Data Docs: {self.data_docs}")
         return "\n".join(lines)
 
 
