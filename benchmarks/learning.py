@@ -7,6 +7,9 @@ the wall time of the default train path (SFT -> GRPO multi -> evaluate).
 
     .venv/bin/python benchmarks/learning.py                       # 3 seeds, modes exact binary multi
     .venv/bin/python benchmarks/learning.py --seeds 1 --set grpo.learning_rate=3e-4
+    .venv/bin/python benchmarks/learning.py --params profiles/cpu-smollm2-135m.yaml --seeds 1 2 --modes exact multi
+
+The base model is evaluated zero-shot, through its chat template when it has one (as the pipeline would feed it).
 """
 
 from __future__ import annotations
@@ -24,9 +27,18 @@ import torch
 from tasks.config import load_params
 from tasks.evaluation import evaluate_checkpoint
 from tasks.modeling import load_base_model, save_artifact
+from tasks.prompts import CHAT_KEY, uses_chat_template
 from tasks.training import run_grpo, run_sft
 
-METRICS = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance", "consensus_accuracy")
+METRICS = (
+    "exact_match",
+    "item_accuracy",
+    "within_1",
+    "mae",
+    "format_compliance",
+    "consensus_accuracy",
+    "tokens_per_prompt",
+)
 
 
 def consensus_scores(p, heldout: list[dict]) -> dict[str, list[int]] | None:
@@ -44,8 +56,7 @@ def consensus_scores(p, heldout: list[dict]) -> dict[str, list[int]] | None:
     return {r["prompt"]: r["scores"] for r in rows}
 
 
-def _eval(model_dir: Path, p, rows, consensus: dict[str, list[int]] | None) -> dict[str, float]:
-    metrics, records = evaluate_checkpoint(model_dir, p, rows)
+def _with_consensus(metrics: dict, records: list[dict], consensus: dict[str, list[int]] | None) -> dict[str, float]:
     if consensus is not None:
         # item accuracy against the consensus score instead of the one rater's label: did the model learn the
         # centre of the raters, or to imitate the most frequent rater?
@@ -58,25 +69,82 @@ def _eval(model_dir: Path, p, rows, consensus: dict[str, list[int]] | None) -> d
     return metrics
 
 
-def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -> dict[str, dict]:
+def _eval(model_dir: Path, p, rows, consensus: dict[str, list[int]] | None) -> dict[str, float]:
+    metrics, records = evaluate_checkpoint(model_dir, p, rows)
+    metrics = _with_consensus(metrics, records, consensus)
+    metrics["tokens_per_prompt"] = _tokens(model_dir, [[r["completion"]] for r in records])
+    return metrics
+
+
+def _tokens(model_dir: Path, completions: list[list[str]]) -> float:
+    """Generated tokens per prompt: each completion's tokens and its end-of-sequence token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    counts = [sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in group) for group in completions]
+    return statistics.mean(counts)
+
+
+def _baselines(model_dir: Path, p, rows, consensus, sizes: list[int]) -> dict[str, dict[str, float]]:
+    """MBR, majority and median over N samples of the model at GRPO's sampling temperature, for each N in sizes."""
+    from baselines import RULES, choose
+
+    from tasks.evaluation import score_predictions
+    from tasks.modeling import load_pretrained
+    from tasks.prompts import checkpoint_uses_chat_template
+    from tasks.sampling import sample_completions
+
+    model, tokenizer = load_pretrained(model_dir)
+    prompts = [r["prompt"] for r in rows]
+    samples = sample_completions(
+        model,
+        tokenizer,
+        prompts,
+        max(sizes),
+        p.grpo.temperature,
+        p.evaluate.max_new_tokens,
+        checkpoint_uses_chat_template(model_dir),
+        max(1, p.evaluate.batch_size // max(sizes)),
+    )
+    truths = [r["scores"] for r in rows]
+    out = {}
+    for n in sizes:
+        cost = _tokens(model_dir, [s[:n] for s in samples])
+        for rule in RULES:
+            texts = [choose(rule, s[:n], p.task.n_items, p.reward.config) for s in samples]
+            metrics, records = score_predictions(texts, truths, p.reward.config, p.task.min_score, p.task.max_score)
+            records = [{"prompt": q, **r} for q, r in zip(prompts, records, strict=True)]
+            out[f"sft_{rule}@{n}"] = {**_with_consensus(metrics, records, consensus), "tokens_per_prompt": cost}
+    return out
+
+
+def run_seed(
+    seed: int, workdir: Path, modes: list[str], overrides: list[str], params: str, samples: list[int]
+) -> dict[str, dict]:
     from tasks.data import read_jsonl
 
     base = [f"seed={seed}", f"paths.models_dir={workdir}/models", f"paths.reports_dir={workdir}/reports"]
-    p = load_params("params.yaml", [*base, *overrides])
+    p = load_params(params, [*base, *overrides])
     heldout = read_jsonl(p.paths.heldout_file)
     consensus = consensus_scores(p, heldout)
     train_prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)]
     results: dict[str, dict] = {}
 
-    model, tok = load_base_model(p.model, train_prompts, p.seed)
-    results["base"] = _eval(save_artifact(model, tok, workdir / "models/base", {}), p, heldout, consensus)
+    model, tok = load_base_model(p.model, train_prompts, p.seed, (p.task.min_score, p.task.max_score))
+    chat = {CHAT_KEY: uses_chat_template(p.model.chat_template_mode, tok, p.model.name_or_path)}
+    results["base"] = _eval(save_artifact(model, tok, workdir / "models/base", chat), p, heldout, consensus)
+    del model
 
     t0 = time.perf_counter()
     run_sft(p)
     sft_seconds = time.perf_counter() - t0
     results["sft"] = _eval(workdir / "models/sft", p, heldout, consensus)
+    if samples:
+        t3 = time.perf_counter()
+        results.update(_baselines(workdir / "models/sft", p, heldout, consensus, samples))
+        results["timing_baselines_s"] = {"seconds": time.perf_counter() - t3}
     for mode in modes:
-        pm = load_params("params.yaml", [*base, *overrides, f"reward.mode={mode}"])
+        pm = load_params(params, [*base, *overrides, f"reward.mode={mode}"])
         t1 = time.perf_counter()
         run_grpo(pm)
         grpo_seconds = time.perf_counter() - t1
@@ -89,7 +157,7 @@ def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -
             extra = round(grpo_seconds / (sft_seconds / p.sft.max_steps))
             steps = p.sft.max_steps + extra
             pe = load_params(
-                "params.yaml", [*base, *overrides, f"paths.models_dir={workdir}/models_eq", f"sft.max_steps={steps}"]
+                params, [*base, *overrides, f"paths.models_dir={workdir}/models_eq", f"sft.max_steps={steps}"]
             )
             run_sft(pe)
             results["sft_equal_compute"] = _eval(workdir / "models_eq/sft", pe, heldout, consensus)
@@ -104,7 +172,7 @@ def run_seed(seed: int, workdir: Path, modes: list[str], overrides: list[str]) -
 
 
 def summarise(per_seed: list[dict[str, dict]]) -> str:
-    rows = [k for k in per_seed[0] if k != "timing"]
+    rows = [k for k in per_seed[0] if not k.startswith("timing")]
     rows = [*[r for r in rows if r != "sft_equal_compute"], *[r for r in rows if r == "sft_equal_compute"]]
     metrics = [m for m in METRICS if all(m in r[row] for r in per_seed for row in rows)]
     lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
@@ -120,8 +188,12 @@ def summarise(per_seed: list[dict[str, dict]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params.yaml or a profile (profiles/*.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--modes", nargs="+", default=["exact", "binary", "multi"])
+    parser.add_argument(
+        "--samples", type=int, nargs="*", default=[4, 8, 16], help="N for the inference-time baselines (none: skip)"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="params override")
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/.work"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning.json"))
@@ -131,12 +203,14 @@ def main() -> None:
     started = time.perf_counter()
     per_seed = []
     for seed in args.seeds:
-        per_seed.append(run_seed(seed, args.workdir / f"seed{seed}", args.modes, args.overrides))
+        per_seed.append(
+            run_seed(seed, args.workdir / f"seed{seed}", args.modes, args.overrides, args.params, args.samples)
+        )
         print(
             f"seed {seed}: "
             + json.dumps(
                 {
-                    k: {m: round(v[m], 4) for m in METRICS if m in v} if k != "timing" else v
+                    k: {m: round(v[m], 4) for m in METRICS if m in v} if not k.startswith("timing") else v
                     for k, v in per_seed[-1].items()
                 }
             ),
@@ -148,7 +222,8 @@ def main() -> None:
         f"torch {torch.__version__}"
     )
     timings = [r["timing"]["train_path_s"] for r in per_seed if "timing" in r]
-    print(f"\nheld-out metrics, mean ± std over seeds {args.seeds}; overrides {args.overrides or 'none'}")
+    overrides = args.overrides or "none"
+    print(f"\n{args.params}: held-out metrics, mean ± std over seeds {args.seeds}; overrides {overrides}")
     print(f"machine: {machine}")
     print(table)
     if timings:
@@ -159,12 +234,17 @@ def main() -> None:
     print(f"total benchmark wall: {time.perf_counter() - started:.0f} s")
     print(
         "rerun: .venv/bin/python benchmarks/learning.py "
-        + " ".join([f"--seeds {' '.join(map(str, args.seeds))}"] + [f"--set {o}" for o in args.overrides])
+        + " ".join(
+            [f"--params {args.params}", f"--seeds {' '.join(map(str, args.seeds))}", f"--modes {' '.join(args.modes)}"]
+            + [f"--samples {' '.join(map(str, args.samples))}"]
+            + [f"--set {o}" for o in args.overrides]
+        )
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
+                "params": args.params,
                 "seeds": args.seeds,
                 "overrides": args.overrides,
                 "per_seed": per_seed,

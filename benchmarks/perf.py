@@ -49,24 +49,24 @@ def _collect_trl_profiling() -> None:
     profiling.ProfilingContext._log_metrics = record
 
 
-def _params(workdir: Path, *overrides: str):
+def _params(workdir: Path, *overrides: str, params_file: str = "params.yaml"):
     base = [
         f"paths.train_file={workdir}/data/train.jsonl",
         f"paths.heldout_file={workdir}/data/heldout.jsonl",
         f"paths.models_dir={workdir}/models",
         f"paths.reports_dir={workdir}/reports",
     ]
-    return load_params("params.yaml", [*base, *overrides])
+    return load_params(params_file, [*base, *overrides])
 
 
 # --- 1. SFT: TRL vs bare PyTorch --------------------------------------------------------------------------------
 
 
-def sft_trl_step(workdir: Path, short: int, long: int) -> tuple[float, dict]:
+def sft_trl_step(workdir: Path, short: int, long: int, params_file: str = "params.yaml") -> tuple[float, dict]:
     """Seconds per SFT step through run_sft: the train_runtime difference of two lengths cancels start-up."""
     runtimes = {}
     for steps in (short, long):
-        p = _params(workdir, f"sft.max_steps={steps}", f"sft.logging_steps={steps}")
+        p = _params(workdir, f"sft.max_steps={steps}", f"sft.logging_steps={steps}", params_file=params_file)
         runtimes[steps] = run_sft(p)["summary"]["train_runtime"]
     return (runtimes[long] - runtimes[short]) / (long - short), runtimes
 
@@ -107,7 +107,7 @@ def sft_bare_step(workdir: Path, steps: int, warmup: int) -> float:
 # --- 2. GRPO: breakdown, and loss+backward vs bare ---------------------------------------------------------------
 
 
-def grpo_breakdown(workdir: Path, steps: int, prompts_per_step: int) -> dict:
+def grpo_breakdown(workdir: Path, steps: int, prompts_per_step: int, params_file: str = "params.yaml") -> dict:
     """Shares of a GRPO step, from TRL's profiling spans and its step_time metric."""
     import trl
 
@@ -120,13 +120,19 @@ def grpo_breakdown(workdir: Path, steps: int, prompts_per_step: int) -> dict:
 
     trl.GRPOTrainer.compute_loss = keep_inputs
     SPANS.clear()
-    p = _params(workdir, f"grpo.max_steps={steps}", "grpo.logging_steps=1", f"grpo.prompts_per_step={prompts_per_step}")
+    p = _params(
+        workdir,
+        f"grpo.max_steps={steps}",
+        "grpo.logging_steps=1",
+        f"grpo.prompts_per_step={prompts_per_step}",
+        params_file=params_file,
+    )
     try:
         result = run_grpo(p)
     finally:
         trl.GRPOTrainer.compute_loss = original
     logs = [e for e in result["logs"] if "step_time" in e]
-    skip = 2  # the first steps warm up allocator and caches
+    skip = min(2, len(logs) - 1)  # the first steps warm up allocator and caches
     step_time = statistics.mean(e["step_time"] for e in logs[skip:])
     wall = result["summary"]["train_runtime"] / steps
     per_step = defaultdict(float)

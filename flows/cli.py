@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,24 +10,10 @@ from typing import Annotated
 import typer
 import yaml
 
-# No network to wait on: telemetry and analytics off unless the user says otherwise.
-for _var, _value in {
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "False",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    # The ephemeral Prefect server took over its default 20 s to start on a cold 2-core machine.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    # The library's own loggers show up in Prefect's run logs (UI) as well as the terminal.
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks",
-}.items():
-    os.environ.setdefault(_var, _value)
-
-from tasks.config import ParamsError, load_params  # noqa: E402
-from tasks.data import DataFileError, generate_dataset  # noqa: E402
-from tasks.validation import ValidationFailed  # noqa: E402
+from flows import stopping
+from tasks.config import ParamsError, load_params
+from tasks.data import DataFileError, generate_dataset
+from tasks.validation import ValidationFailed
 
 app = typer.Typer(
     help="rewardflow: SFT + GRPO pipeline that teaches a model to emit structured scores.",
@@ -56,6 +41,8 @@ def _load(params: Path, overrides: list[str] | None):
 
 # Commands that run Prefect flows leave log formatting to Prefect (task run names, run logs in the UI).
 FLOW_COMMANDS = {"run", "serve", "retrain", "promote", "rollback"}
+# The exit status of a pipeline refused because another one holds the checkout (tasks/projectlock).
+BUSY_EXIT_CODE = 75
 
 
 @app.callback()
@@ -82,6 +69,7 @@ def show_params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) ->
     typer.echo(yaml.safe_dump(_load(params, set_).to_dict(), sort_keys=False))
 
 
+@stopping.stops_cleanly("stage")
 def _run_stage(name: str, params: Path, set_: list[str] | None) -> None:
     p = _load(params, set_)
     from tasks.stages import STAGES
@@ -157,6 +145,9 @@ def _print_summary(summary: dict, seconds: float) -> None:
     for name, status, stage_seconds in summary["stages"]:
         typer.echo(f"{name:<10} {status:<24} {stage_seconds:6.1f}s")
     typer.echo(f"{'register':<10} {summary['registration']}")
+    for key in ("data", "dvc_push"):
+        if summary.get(key):
+            typer.echo(f"{key:<10} {summary[key]}")
     keys = ("exact_match", "item_accuracy", "within_1", "mae", "format_compliance")
     typer.echo("\nheld-out         " + " ".join(f"{k:>17}" for k in keys))
     for name, metrics in summary["metrics"].items():
@@ -173,6 +164,7 @@ def _print_summary(summary: dict, seconds: float) -> None:
 
 
 @app.command("run")
+@stopping.stops_cleanly("pipeline")
 def run(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -186,17 +178,32 @@ def run(
 
     _load(params, set_)  # a bad params file fails here, before any server starts
     from flows.unchanged import unchanged_summary
+    from tasks.pinning import DataNotPinned
+    from tasks.projectlock import ProjectBusy, hold
     from tasks.tracking import TrackingUnavailable
 
     started = time.perf_counter()
     try:
-        summary = None if always_flow else unchanged_summary(str(params), set_)
-        if summary is None:
-            from flows.pipeline import training_pipeline, warm_up
+        # the checkout is this run's from before its first look at DVC state to its last write
+        with hold(Path.cwd(), "rewardflow run"):
+            summary = None if always_flow else unchanged_summary(str(params), set_)
+            if summary is None:
+                from flows.pipeline import training_pipeline, warm_up
 
-            warm_up(_load(params, set_))
-            summary = training_pipeline(str(params), list(set_ or []))
-    except (TrackingUnavailable, ValidationFailed, DataFileError, FileNotFoundError, ValueError, OSError) as err:
+                warm_up(_load(params, set_))
+                summary = training_pipeline(str(params), list(set_ or []))
+    except ProjectBusy as err:
+        typer.secho(f"not started: {err}", err=True, fg="red")
+        raise typer.Exit(BUSY_EXIT_CODE) from None
+    except (
+        TrackingUnavailable,
+        ValidationFailed,
+        DataFileError,
+        DataNotPinned,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+    ) as err:
         typer.secho(f"pipeline failed: {err}", err=True, fg="red")
         raise typer.Exit(1) from None
     _print_summary(summary, time.perf_counter() - started)
@@ -265,6 +272,25 @@ def status(params: ParamsOpt = Path("params.yaml")) -> None:
                 typer.echo(f"  {key}: {v['tags'][key]}")
         typer.echo("  metrics: " + ", ".join(f"{k}={val:.4g}" for k, val in sorted(v["metrics"].items())))
         typer.echo("  lineage: " + ", ".join(f"{k}={val}" for k, val in v["lineage"].items()))
+        typer.echo(f"  data, cache, remote and how to rebuild it: rewardflow lineage {v['version']}")
+
+
+@app.command("lineage")
+def lineage(
+    version: Annotated[str, typer.Argument(help="registered model version")],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """What a registered version was built from (data md5, every DVC-pinned path), whether that content is in the
+    local DVC cache and on the remote, and the commands that rebuild it."""
+    p = _load(params, None)
+    from tasks.rebuild import version_lineage
+    from tasks.tracking import TrackingUnavailable, open_client
+
+    try:
+        lines = version_lineage(open_client(), p.register.model_name, version, Path.cwd())
+    except (LookupError, TrackingUnavailable) as err:
+        _registry_error(err)
+    typer.echo("\n".join(lines))
 
 
 @app.command("retrain")
@@ -272,7 +298,7 @@ def retrain(
     params: ParamsOpt = Path("params.yaml"),
     force: Annotated[bool, typer.Option("--force", help="retrain even when the data did not change")] = False,
 ) -> None:
-    """Run the retraining flow once: the pipeline, unless the champion was trained on these very data."""
+    """Run the retraining flow once: the pipeline, unless a registered version was trained on these very data."""
     _load(params, None)
     from flows.retrain import retraining_flow
 
@@ -283,6 +309,7 @@ def retrain(
 @app.command("serve")
 def serve(
     cron: Annotated[str, typer.Option(help="schedule (cron, UTC)")] = "0 3 * * 1",
+    interval: Annotated[float, typer.Option(help="fire every N seconds instead of the cron schedule")] = 0,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Serve the scheduled retraining deployment (needs a Prefect server: `prefect server start`)."""
@@ -301,7 +328,7 @@ def serve(
 
     from flows.retrain import deployment
 
-    prefect_serve(deployment(cron, str(params)))
+    prefect_serve(deployment(cron, str(params), interval))
 
 
 if __name__ == "__main__":

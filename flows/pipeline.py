@@ -1,8 +1,9 @@
 """The training pipeline flow: validate -> sft -> grpo -> evaluate -> register, tracked in MLflow.
 
-A stage DVC sees as up to date (same data, params section, code and upstream outputs) is skipped, and a stage
-that ran is recorded in dvc.lock, so the repository ends as `dvc repro` would leave it. Retries only on tracking
-calls (a server hiccup); a validation failure or a bad param fails at once.
+The run holds the project's DVC lock throughout (tasks/projectlock: one pipeline at a time per checkout) and pins
+the data before any stage (tasks/pinning). A stage DVC sees as up to date (same data, params section, code and
+upstream outputs) is skipped, and a stage that ran is recorded in dvc.lock, so the repository ends as `dvc repro`
+would leave it. Retries only on tracking calls (a server hiccup); a validation failure or a bad param fails at once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import tracking
+from flows import notify, stopping
+from tasks import pinning, projectlock, tracking
 from tasks.config import Params, load_params
 from tasks.lineage import Lineage
 from tasks.stages import STAGES
@@ -68,6 +70,7 @@ def warm_up(p: Params) -> None:
         server = SubprocessASGIServer()  # the instance the flow's client will find running
 
         def start() -> None:
+            stopping.shield_from_ctrl_c()  # the server outlives a Ctrl-C long enough to record the cancellation
             with contextlib.suppress(Exception):
                 server.start()
 
@@ -97,6 +100,7 @@ class Pipeline:
     experiment_id: str
     run_id: str
     lineage_tags: dict[str, str]
+    data_pin: pinning.DataPin
     stage_runs: dict[str, str] = field(default_factory=dict)
 
 
@@ -124,6 +128,18 @@ def prepare_data(p: Params, lineage: Lineage) -> str:
     return "generated"
 
 
+@task(cache_policy=NO_CACHE)
+def pin_data(p: Params, lineage: Lineage) -> pinning.DataPin:
+    """The data files as data.dvc pins them: changed ones pinned now (data.pin: pin), or nothing trains (refuse)."""
+    try:
+        pin = pinning.check_data(lineage.root, p.paths, p.data.pin)
+    except BaseException as err:
+        notify.mark_stage(err, "data pin")
+        raise
+    get_run_logger().info("data: %s", pin.message)
+    return pin
+
+
 @task(cache_policy=NO_CACHE, **TRACKING_RETRIES)
 def open_stage_run(pipe: Pipeline, name: str) -> str:
     run_id = tracking.start_stage_run(pipe.client, pipe.run_id, pipe.experiment_id, name, pipe.p)
@@ -141,7 +157,8 @@ def run_stage(pipe: Pipeline, name: str) -> StageResult:
     started = time.perf_counter()
     try:
         STAGES[name](pipe.p)
-    except BaseException:
+    except BaseException as err:
+        notify.mark_stage(err, name)
         tracking.end_run(pipe.client, pipe.stage_runs[name], ok=False)
         raise
     pipe.lineage.record(name)
@@ -168,17 +185,30 @@ def log_stage(pipe: Pipeline, result: StageResult) -> None:
     tracking.end_run(client, run_id, ok=True)
 
 
+@task(cache_policy=NO_CACHE)
+def push_outputs(pipe: Pipeline) -> str:
+    """The data pin and the recorded stages' outputs to the default DVC remote; a failure is reported, not raised."""
+    pushed = pinning.push(pipe.root, pipe.lineage.active, pipe.data_pin.dvc_file)
+    pipe.client.set_tag(pipe.run_id, "dvc_push", pushed)
+    get_run_logger().info("dvc push: %s", pushed)
+    return pushed
+
+
 @task(cache_policy=NO_CACHE, **TRACKING_RETRIES)
-def register(pipe: Pipeline) -> Any:
+def register(pipe: Pipeline, pushed: str) -> Any:
     """Log and register the GRPO model (once per training run) and apply the promotion gate."""
     from tasks.registration import run_register
 
     run_id = tracking.start_stage_run(pipe.client, pipe.run_id, pipe.experiment_id, "register", pipe.p)
     grpo_run = pipe.stage_runs["grpo"]
     source = pipe.client.get_run(grpo_run).data.tags.get("reused_from_run_id") or grpo_run
+    # what the version can be rebuilt from: dvc.lock's hashes only when this run recorded its stages there
+    dvc_tags = pinning.version_tags(pipe.root, pipe.data_pin, pipe.lineage.active)
+    tags = {**pipe.lineage_tags, **dvc_tags, "dvc_push": pushed}
     try:
-        result = run_register(pipe.client, pipe.p, run_id, source, pipe.lineage_tags, pipe.root)
-    except BaseException:
+        result = run_register(pipe.client, pipe.p, run_id, source, tags)
+    except BaseException as err:
+        notify.mark_stage(err, "register")
         tracking.end_run(pipe.client, run_id, ok=False)
         raise
     pipe.client.set_tag(run_id, "skipped", str(not result.created).lower())
@@ -189,7 +219,13 @@ def register(pipe: Pipeline) -> Any:
 
 
 @task(cache_policy=NO_CACHE)
-def publish(pipe: Pipeline, results: Sequence[StageResult], registration: Any) -> dict[str, Any]:
+def announce(pipe: Pipeline, registration: Any) -> bool:
+    """The gate's decision on a new version, through the notification block of params.yaml `notify` (if any)."""
+    return notify.promotion(pipe.p.notify.block, pipe.p.register.model_name, registration)
+
+
+@task(cache_policy=NO_CACHE)
+def publish(pipe: Pipeline, results: Sequence[StageResult], registration: Any, pushed: str) -> dict[str, Any]:
     """The evaluation table and the promotion decision as Prefect markdown artifacts; the run's summary."""
     import json
 
@@ -216,6 +252,8 @@ def publish(pipe: Pipeline, results: Sequence[StageResult], registration: Any) -
         "registration": registration.summary,
         "model_version": registration.version,
         "promoted": bool(registration.decision and registration.decision.promote),
+        "data": pipe.data_pin.message,
+        "dvc_push": pushed,
         "mlflow_run_id": pipe.run_id,
         "tracking_uri": tracking.tracking_uri(pipe.root),
     }
@@ -225,8 +263,9 @@ def publish(pipe: Pipeline, results: Sequence[StageResult], registration: Any) -
 
 
 @contextmanager
-def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
-    """The MLflow parent run around a pipeline run: FINISHED when the body succeeds, FAILED when it raises."""
+def tracked_pipeline(p: Params, lineage: Lineage, data_pin: pinning.DataPin) -> Iterator[Pipeline]:
+    """The MLflow parent run around a pipeline run: FINISHED when the body succeeds, FAILED when it raises. It
+    carries the data pin (tag data_pin, artifact data.dvc: what a rebuild restores when it was not committed)."""
     root = lineage.root.resolve()
     client, experiment_id = tracking.connect(p, root)
     tags = {
@@ -234,10 +273,14 @@ def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
         "params_hash": tracking.params_hash(p),
         "data_hash": tracking.hash_files([p.paths.train_file, p.paths.heldout_file]),
         "heldout_hash": tracking.hash_files([p.paths.heldout_file]),
+        "data_pin": data_pin.message,
     }
     run_id = tracking.start_parent_run(client, experiment_id, p, tags)
+    if data_pin.dvc_file:  # under its repository path, for `rewardflow lineage` to restore
+        folder = str(Path(data_pin.dvc_file).parent)
+        client.log_artifact(run_id, str(root / data_pin.dvc_file), None if folder == "." else folder)
     try:
-        yield Pipeline(p, root, lineage, client, experiment_id, run_id, tags)
+        yield Pipeline(p, root, lineage, client, experiment_id, run_id, tags, data_pin)
     except BaseException:
         tracking.end_run(client, run_id, ok=False)
         raise
@@ -246,18 +289,28 @@ def tracked_pipeline(p: Params, lineage: Lineage) -> Iterator[Pipeline]:
     tracking.end_run(client, run_id, ok=True)
 
 
-@flow(name="rewardflow-pipeline")
+def _flow_run_label() -> str:
+    from prefect.runtime import flow_run
+
+    return f"Prefect flow run {flow_run.get_flow_name()}/{flow_run.get_name()}"
+
+
+@flow(name="rewardflow-pipeline", **stopping.FLOW_HOOKS)  # a stop signal: Cancelled, and cleaned up
 def training_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """validate -> sft -> grpo -> evaluate -> register, each skipped when DVC says it is up to date."""
     p = load_params(params_file, overrides or ())
     lineage = Lineage.for_params(params_file, overrides)
-    prepare_data(p, lineage)
-    with tracked_pipeline(p, lineage) as pipe:
-        results = []
-        for name in STAGES:
-            open_stage_run(pipe, name)
-            result = run_stage.with_options(name=name)(pipe, name)
-            log_stage(pipe, result)
-            results.append(result)
-        registration = register(pipe)
-        return publish(pipe, results, registration)
+    with projectlock.hold(lineage.root, _flow_run_label()):
+        prepare_data(p, lineage)
+        data_pin = pin_data(p, lineage)
+        with tracked_pipeline(p, lineage, data_pin) as pipe:
+            results = []
+            for name in STAGES:
+                open_stage_run(pipe, name)
+                result = run_stage.with_options(name=name)(pipe, name)
+                log_stage(pipe, result)
+                results.append(result)
+            pushed = push_outputs(pipe)
+            registration = register(pipe, pushed)
+            announce(pipe, registration)
+            return publish(pipe, results, registration, pushed)

@@ -1,17 +1,24 @@
-"""Scheduled retraining: run the pipeline when the data changed since the champion was trained.
+"""Scheduled retraining: run the pipeline when no registered version was trained on the current data.
 
 `rewardflow serve --cron "0 3 * * 1"` serves this flow (it needs a running Prefect server: `prefect server
-start`); prefect.yaml declares the same deployment for a work pool.
+start`); prefect.yaml declares the same deployment for a work pool. A run that finds another pipeline holding the
+checkout (the previous firing still training, a `rewardflow run`, a `dvc repro`) does nothing and ends in the
+state Skipped with the holder in its message; so does a run that finds nothing new. A failed run is reported
+through the notification block of params.yaml `notify` (flows/notify.py).
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Completed, State
 
+from flows import notify
 from flows.pipeline import training_pipeline
-from tasks import registry, tracking
+from tasks import projectlock, tracking
 from tasks.config import Params, load_params
 
 DEPLOYMENT_NAME = "scheduled-retraining"
@@ -19,35 +26,57 @@ DEFAULT_CRON = "0 3 * * 1"
 
 
 def nothing_new(p: Params) -> str | None:
-    """Why retraining would be pointless (the champion was trained on exactly these data files), or None."""
-    version, _, tags = registry.champion_metrics(tracking.open_client(), p.register.model_name)
-    if version is None:
-        return None
+    """Why retraining would be pointless (a version trained on exactly these data files has been gated: promoted
+    or kept out), or None. A version whose gate never finished does not count: the pipeline finishes it."""
+    from tasks import registry  # MLflow: imported only by a run that got the checkout
+
     data_hash = tracking.hash_files([p.paths.train_file, p.paths.heldout_file])
-    if tags.get("data_hash") == data_hash:
-        return f"data hash {data_hash} equals the one champion v{version} was trained on"
-    return None
+    versions = tracking.open_client().search_model_versions(f"name = '{p.register.model_name}'")
+    gated = [
+        v
+        for v in versions
+        if v.tags.get("data_hash") == data_hash and v.tags.get(registry.DECISION_TAG) in registry.FINAL_DECISIONS
+    ]
+    if not gated:
+        return None
+    latest = max(gated, key=lambda v: int(v.version))
+    decision = latest.tags[registry.DECISION_TAG]
+    return f"data hash {data_hash} is what version {latest.version} was trained on ({decision})"
 
 
-@flow(name="rewardflow-retrain")
-def retraining_flow(params_file: str = "params.yaml", force: bool = False) -> dict[str, Any]:
-    """The training pipeline, unless the data is what the champion was trained on (override with force)."""
-    logger = get_run_logger()
+def skipped(reason: str) -> State:
+    """A finished run that did nothing: state Skipped (shown as such in the Prefect UI), the reason its message."""
+    get_run_logger().info("retraining skipped: %s", reason)
+    return Completed(name="Skipped", message=f"skipped: {reason}", data={"skipped": reason})
+
+
+@flow(name="rewardflow-retrain", on_failure=[notify.failed_run], on_crashed=[notify.failed_run])
+def retraining_flow(params_file: str = "params.yaml", force: bool = False) -> Any:
+    """The training pipeline, unless a gated version was trained on these very data (override with force) or
+    another pipeline holds this checkout."""
+    from prefect.runtime import flow_run
+
     p = load_params(params_file)
-    reason = None if force else nothing_new(p)
-    if reason:
-        logger.info("retraining skipped: %s (nothing new; force=True retrains anyway)", reason)
-        return {"skipped": reason}
-    logger.info("retraining: %s", "forced" if force else "new data since the champion (or no champion yet)")
-    return training_pipeline(params_file)
+    try:
+        with projectlock.hold(Path.cwd(), f"scheduled retraining (Prefect flow run {flow_run.get_name()})"):
+            reason = None if force else nothing_new(p)
+            if reason:
+                return skipped(f"data unchanged: {reason} (force=True retrains anyway)")
+            new = "forced" if force else "data no registered version was trained on"
+            get_run_logger().info("retraining: %s", new)
+            return training_pipeline(params_file)
+    except projectlock.ProjectBusy as busy:
+        return skipped(f"another pipeline holds this checkout: {busy}")
 
 
-def deployment(cron: str = DEFAULT_CRON, params_file: str = "params.yaml") -> Any:
-    """The retraining deployment `rewardflow serve` serves: the flow on a cron schedule (UTC)."""
+def deployment(cron: str = DEFAULT_CRON, params_file: str = "params.yaml", interval_s: float = 0) -> Any:
+    """The retraining deployment `rewardflow serve` serves: the flow on a cron schedule (UTC), or every
+    `interval_s` seconds when that is set."""
+    schedule = {"interval": timedelta(seconds=interval_s)} if interval_s else {"cron": cron}
     return retraining_flow.to_deployment(
         name=DEPLOYMENT_NAME,
-        cron=cron,
+        **schedule,
         parameters={"params_file": params_file, "force": False},
-        description="Retrain when the data changed since the champion was trained.",
+        description="Retrain when no registered version was trained on the current data.",
         tags=["rewardflow"],
     )

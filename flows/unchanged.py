@@ -27,7 +27,8 @@ def unchanged_summary(params_file: str = "params.yaml", overrides: Sequence[str]
     p = load_params(params_file, overrides or ())
     lineage = Lineage.for_params(params_file, overrides)
     data = (Path(p.paths.train_file), Path(p.paths.heldout_file))
-    if not all(f.exists() for f in data) or not lineage.all_current(list(STAGES)):
+    pin = ["data.dvc"] if (lineage.root / "data.dvc").is_file() else []  # data changed since its pin: pin it first
+    if not all(f.exists() for f in data) or not lineage.all_current([*STAGES, *pin]):
         return None
     grpo_md5 = tracking.dvc_lock_hashes(lineage.root).get(f"{p.paths.models_dir}/grpo")
     try:

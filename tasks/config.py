@@ -19,9 +19,12 @@ from typing import Any
 
 import yaml
 
+from tasks.profiles import PROFILE_KEY, ParamsError, merged_raw, resolve_files
 from tasks.rewards import RewardConfig
 
 REWARD_MODES = ("multi", "binary", "exact")
+# data.pin: what the pipeline does with data files that differ from what their .dvc file pins
+PIN_MODES = ("pin", "refuse")
 # transformers' schedulers that need no extra arguments
 LR_SCHEDULERS = (
     "linear",
@@ -38,10 +41,6 @@ _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 BUILTIN_PREFIX = "builtin:"
 # The built-in tokenizer has one token per score of the task's range; beyond this many it is the wrong tool.
 MAX_BUILTIN_SCORES = 1000
-
-
-class ParamsError(ValueError):
-    """A params file or override that cannot be used; the message names the file and the key."""
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -92,10 +91,15 @@ class TaskConfig:
         _check(self.train_seed != self.heldout_seed, "heldout_seed", "must differ from train_seed")
 
 
+CHAT_TEMPLATE_MODES = {True: "on", False: "off", "on": "on", "off": "off", "auto": "auto"}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str
     trust_remote_code: bool
+    # prompts through the tokenizer's chat template: auto (when it has one), on (required) or off
+    chat_template: bool | str
     # Shape of the built-in model; ignored for a pretrained one.
     hidden_size: int
     num_layers: int
@@ -110,6 +114,16 @@ class ModelConfig:
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length"):
             _check(getattr(self, key) >= 1, key, f"must be >= 1 (got {getattr(self, key)})")
         _check(self.hidden_size % self.num_heads == 0, "hidden_size", "must be a multiple of num_heads")
+        _check(
+            self.chat_template in CHAT_TEMPLATE_MODES,
+            "chat_template",
+            f"must be auto, on or off (got {self.chat_template!r})",
+        )
+
+    @property
+    def chat_template_mode(self) -> str:
+        """"auto", "on" or "off" (YAML reads a bare on/off as a boolean)."""
+        return CHAT_TEMPLATE_MODES[self.chat_template]
 
     @property
     def is_builtin(self) -> bool:
@@ -338,9 +352,35 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    # data files that differ from what data.dvc pins: "pin" them (DVC cache + data.dvc) before any stage runs, or
+    # "refuse" to train on them
+    pin: str
+
+    def __post_init__(self) -> None:
+        _check(self.pin in PIN_MODES, "pin", f"must be one of {', '.join(PIN_MODES)} (got {self.pin!r})")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    # a saved Prefect notification block, "<block-type-slug>/<block-name>" (e.g. slack-webhook/ml-team); "" = off
+    block: str
+
+    def __post_init__(self) -> None:
+        _check(
+            not self.block or bool(re.fullmatch(r"[a-z0-9-]+/[A-Za-z0-9_-]+", self.block)),
+            "block",
+            f"must be <block-type-slug>/<block-name>, e.g. slack-webhook/ml-team, or empty (got {self.block!r})",
+        )
+
+
+@dataclass(frozen=True)
 class Params:
+    # the overlay merged over params.yaml (tasks/profiles.py), relative to params.yaml; "" for none
+    profile: str
     seed: int
     paths: PathsConfig
+    data: DataConfig
     task: TaskConfig
     model: ModelConfig
     reward: RewardParams
@@ -351,6 +391,7 @@ class Params:
     launcher: LauncherConfig
     tracking: TrackingConfig
     register: RegisterConfig
+    notify: NotifyConfig
 
     def __post_init__(self) -> None:
         # numpy's generator, which set_seed seeds too, takes 0 <= seed < 2**32
@@ -465,18 +506,23 @@ def apply_override(raw: dict[str, Any], assignment: str, file: str) -> None:
         raise ParamsError(f"--set {key}: cannot parse value {text!r}: {err}") from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
-    """Load, override, type-check and range-check params.yaml."""
-    path = Path(path)
-    file = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParamsError(f"{file}: params file not found (run from the project root or pass --params)") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ParamsError(f"{file}: not valid YAML: {err}") from None
-    if raw is None:
-        raw = {}
+def _profile_override(overrides: Iterable[str]) -> str | None:
+    """The value of a `--set profile=...` override, if any (it picks the overlay before the others apply)."""
+    value = None
     for assignment in overrides:
-        apply_override(raw, assignment, file)
-    return _build(Params, raw, "", file)
+        key, sep, text = assignment.partition("=")
+        if sep and key.strip() == PROFILE_KEY:
+            value = yaml.safe_load(text) or ""
+    return value
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
+    """Load params.yaml with its profile (or the profile given as path merged over params.yaml), apply the
+    overrides, then type-check and range-check everything."""
+    overrides = list(overrides)
+    files = resolve_files(path, _profile_override(overrides))
+    raw = merged_raw(files)
+    for assignment in overrides:
+        if assignment.partition("=")[0].strip() != PROFILE_KEY:
+            apply_override(raw, assignment, files.label)
+    return _build(Params, raw, "", files.label)

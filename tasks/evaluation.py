@@ -90,10 +90,14 @@ def generate_greedy(
     prompts: Sequence[str],
     batch_size: int,
     max_new_tokens: int,
+    chat: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Greedy completions for prompts, decoded in left-padded batches with the KV cache."""
+    """Greedy completions for prompts, fed as training fed them (tasks.prompts.prompt_ids), decoded in left-padded
+    batches with the KV cache; generation stops at the tokenizer's EOS (the end-of-turn token of a chat model)."""
     import torch
+
+    from tasks.prompts import prompt_ids
 
     model.eval()
     padding_side = tokenizer.padding_side
@@ -101,9 +105,8 @@ def generate_greedy(
     outputs: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = list(prompts[start : start + batch_size])
-            # Tokenised as TRL tokenises prompts in training (special tokens included).
-            enc = tokenizer(batch, return_tensors="pt", padding=True)
+            ids = prompt_ids(tokenizer, prompts[start : start + batch_size], chat)
+            enc = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
             enc = {k: v.to(model.device) for k, v in enc.items()}
             with torch.inference_mode():
                 out = model.generate(
@@ -128,6 +131,7 @@ def evaluate_checkpoint(model_dir: str | Path, p: Params, rows: list[dict[str, A
     import torch
 
     from tasks.modeling import load_pretrained
+    from tasks.prompts import checkpoint_uses_chat_template
 
     model, tokenizer = load_pretrained(model_dir, p.model.trust_remote_code)
     if torch.cuda.is_available():
@@ -138,7 +142,9 @@ def evaluate_checkpoint(model_dir: str | Path, p: Params, rows: list[dict[str, A
     def progress(done: int, total: int) -> None:
         log.info("evaluate %s: %d/%d prompts", Path(model_dir).name, done, total)
 
-    texts = generate_greedy(model, tokenizer, prompts, p.evaluate.batch_size, p.evaluate.max_new_tokens, progress)
+    chat = checkpoint_uses_chat_template(model_dir)
+    batch, max_new = p.evaluate.batch_size, p.evaluate.max_new_tokens
+    texts = generate_greedy(model, tokenizer, prompts, batch, max_new, chat, progress)
     metrics, examples = score_predictions(
         texts, [r["scores"] for r in rows], p.reward.config, p.task.min_score, p.task.max_score
     )

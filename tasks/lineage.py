@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from tasks import projectlock
+
 log = logging.getLogger(__name__)
 
 
@@ -31,14 +33,26 @@ class Lineage:
 
     @classmethod
     def for_params(cls, params_file: str | Path, overrides: Sequence[str] | None = None) -> Lineage:
-        """DVC's view of the project in the working directory; inactive when params differ from params.yaml."""
+        """DVC's view of the project in the working directory; inactive unless the params are exactly what
+        `dvc repro` would use: the project's params.yaml with the profile it selects, no overrides."""
+        from tasks.profiles import resolve_files
+
         root = Path.cwd()
-        return cls(root, overridden=bool(overrides) or Path(params_file).resolve() != root / "params.yaml")
+        files = resolve_files(params_file)
+        same = files.base.resolve() == root / "params.yaml" and files.selected_by_base
+        if not overrides and not same:
+            log.warning(
+                "%s is not the profile params.yaml selects: every stage runs and nothing is recorded in dvc.lock "
+                "(to make it reproducible, set `profile: %s` in params.yaml, or `dvc exp run -S profile=%s`)",
+                params_file,
+                params_file,
+                params_file,
+            )
+        return cls(root, overridden=bool(overrides) or not same)
 
     def _repo(self):
-        from dvc.repo import Repo
-
-        return Repo(str(self.root))
+        """The project's Repo: the one holding the project lock when this process holds it (tasks/projectlock)."""
+        return projectlock.open_repo(self.root)
 
     def is_current(self, stage: str) -> bool:
         """True when DVC sees no change in the stage's deps, params, outs or command."""
@@ -72,6 +86,7 @@ class Lineage:
                 repo.commit(dvc_file, force=True)
         elif changes:
             log.warning(
-                "the generated data differs from what %s pins (task params changed?); run `dvc add data` to pin it",
+                "the generated data differs from what %s pins (task params changed?): data.pin decides whether the "
+                "run pins it or refuses",
                 dvc_file,
             )

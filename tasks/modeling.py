@@ -122,7 +122,9 @@ def load_base_model(
         model = build_tiny_llama(cfg, tokenizer, seed)
         log.info("built-in model: %d parameters, vocabulary %d", model.num_parameters(), len(tokenizer))
         return model, tokenizer
-    return load_pretrained(cfg.name_or_path, cfg.trust_remote_code)
+    from tasks.model_sources import resolve_source
+
+    return load_pretrained(resolve_source(cfg.name_or_path), cfg.trust_remote_code)
 
 
 def check_targets(tokenizer: Any, file: str | Path, targets: Iterable[tuple[int, str]]) -> None:

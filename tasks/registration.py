@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import registry, tracking
+from tasks import registry
 from tasks.config import Params
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,9 @@ def champion_on_heldout(p: Params, heldout_hash: str) -> Callable[[str, dict[str
     return metrics_of
 
 
-def run_register(
-    client: Any, p: Params, run_id: str, source_run_id: str, lineage: dict[str, str], root: str | Path = "."
-) -> RegisterResult:
+def run_register(client: Any, p: Params, run_id: str, source_run_id: str, lineage: dict[str, str]) -> RegisterResult:
     """Register models/grpo unless its training run already has a version; then gate it against the champion.
+    `lineage`: the version's lineage tags (hashes, git commit, the `dvc.<path>` md5s it can be rebuilt from).
     Re-running after a crash anywhere in here finishes the job (registry.register_and_gate)."""
     import mlflow
 
@@ -104,8 +103,7 @@ def run_register(
                 input_example=[row["prompt"] for row in read_jsonl(p.paths.heldout_file)[:2]],
             )
         model_uri = info.model_uri
-        hashes = {f"dvc.{path}": md5 for path, md5 in tracking.dvc_lock_hashes(root).items()}
-        tags = {**lineage, **hashes, **{f"metric.{k}": repr(v) for k, v in metrics.items()}}
+        tags = {**lineage, **{f"metric.{k}": repr(v) for k, v in metrics.items()}}
     version, decision, champion = registry.register_and_gate(
         client, name, source_run_id, model_uri, tags, metrics, p.register, champion_of
     )

@@ -6,10 +6,11 @@ Each registered version carries its held-out metrics as tags `metric.<name>` and
 configured margin. The registered model's tag `champion_history` (a JSON list, newest last) is what
 rollback walks back through.
 
-Concurrency and crashes: everything that reads the champion and moves an alias runs under `gate_lock` (one holder
-per registered model, across processes and machines), and every multi-step change writes its commit point last (a
-version's final `promotion_decision`), so a re-run after a crash finishes the job without a second version or a
-wrong alias. docs/RELIABILITY.md lists the faults tried.
+Concurrency and crashes: everything that reads the champion and moves an alias runs under the registry lock
+(tasks/registry_lock.py: one holder per registered model, across processes and machines, kept by a heartbeat), and
+every multi-step change has a commit point (a version's final `promotion_decision`; for a rollback, the release of
+the lock that records it), so a re-run after a crash finishes the job without a second version, a wrong alias or a
+second rollback. docs/RELIABILITY.md lists the faults tried.
 """
 
 from __future__ import annotations
@@ -19,13 +20,9 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
-import socket
 import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +37,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
 from tasks.config import RegisterConfig
-from tasks.tracking import TrackingUnavailable
+
+# the lock's names are also reachable from here, where callers of the registry look for them
+from tasks.registry_lock import LOCK_SUFFIX, Lock, RegistryBusy, RegistryLockLost, check_held, gate_lock  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +70,25 @@ _READY_TIMEOUT_S = 300
 # A version's gate is over once it carries one of these; without one, a re-run gates it again.
 FINAL_DECISIONS = ("promoted", "rejected")
 DECISION_TAG = "promotion_decision"
-# The registry lock: a registered model of this name exists while someone holds the lock of <model>.
-LOCK_SUFFIX = ".gate-lock"
-# A holder normally keeps the lock for well under a second (the champion's re-evaluation, the slow part, happens
-# before it). After _LOCK_TTL_S a lock whose holder cannot be checked (another machine) counts as abandoned.
-_LOCK_TTL_S = 300
-_LOCK_WAIT_S = 330
+
+
+# The logged model's code (models-from-code): it sets a ScorePredictor as the model.
+SCORER_CODE = Path(__file__).resolve().with_name("scorer_model.py")
 
 
 class ScorePredictor(mlflow.pyfunc.PythonModel):
-    """Greedy-decodes each prompt and returns the integers of the completion: a list of ints per prompt."""
+    """Greedy-decodes each prompt and returns the integers of the completion: a list of ints per prompt.
+
+    Versions logged before models-from-code hold a cloudpickle of this class by its name (tasks.registry.
+    ScorePredictor) and ship their own copy of the package: it stays here so that they keep loading."""
 
     def load_context(self, context) -> None:
         """Load the saved transformers model and tokenizer from the logged artifact."""
         from tasks.modeling import load_pretrained
+        from tasks.prompts import checkpoint_uses_chat_template
 
         self.model, self.tokenizer = load_pretrained(context.artifacts[MODEL_ARTIFACT])
+        self.chat = checkpoint_uses_chat_template(context.artifacts[MODEL_ARTIFACT])
         config = context.model_config or {}
         self.batch_size = int(config.get("batch_size", 8))
         self.max_new_tokens = int(config.get("max_new_tokens", 8))
@@ -99,7 +101,9 @@ class ScorePredictor(mlflow.pyfunc.PythonModel):
         from tasks.rewards import parse_scores
 
         prompts = _prompts(model_input)
-        texts = generate_greedy(self.model, self.tokenizer, prompts, self.batch_size, self.max_new_tokens)
+        # getattr: a predictor unpickled from a version logged before chat templates has no `chat` (plain prompts)
+        chat = getattr(self, "chat", False)
+        texts = generate_greedy(self.model, self.tokenizer, prompts, self.batch_size, self.max_new_tokens, chat)
         return [parse_scores(text) for text in texts]
 
 
@@ -194,10 +198,11 @@ def log_score_model(
     with _offline_logging_env(), _named_model_dir(model_dir) as staged:
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=ScorePredictor(),
+            # models-from-code: the file that sets the predictor is logged, not a pickle of it
+            python_model=str(SCORER_CODE),
             artifacts={MODEL_ARTIFACT: str(staged)},
-            # The model is unpickled as tasks.registry.ScorePredictor: ship the package with it.
-            code_paths=[str(Path(__file__).resolve().parent)],
+            # the file imports tasks.registry.ScorePredictor: ship the package with it
+            code_paths=[str(SCORER_CODE.parent)],
             model_config={"batch_size": batch_size, "max_new_tokens": max_new_tokens},
             signature=signature,
             input_example=example,
@@ -239,7 +244,13 @@ def _history(client, model_name: str) -> list[str]:
 
 
 def _set_history(client, model_name: str, history: list[str]) -> None:
+    check_held(client, model_name)  # a holder whose lock was taken over stops here
     client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(history))
+
+
+def _set_alias(client, model_name: str, alias: str, version: str) -> None:
+    check_held(client, model_name)  # a holder whose lock was taken over stops here
+    client.set_registered_model_alias(model_name, alias, version)
 
 
 def _wait_ready(client, model_name: str, version: str) -> ModelVersion:
@@ -257,116 +268,20 @@ def _wait_ready(client, model_name: str, version: str) -> ModelVersion:
 # --- the registry lock ---------------------------------------------------------------------------------
 
 
-class RegistryBusy(TrackingUnavailable):
-    """Another process held the registry lock of a model for longer than we could wait."""
-
-
-# (thread, registry, lock name) -> depth: the lock is re-entrant within a thread
-_held: dict[tuple[int, str, str], int] = {}
-
-
 @contextlib.contextmanager
-def gate_lock(client, model_name: str, wait_s: float = _LOCK_WAIT_S) -> Iterator[None]:
-    """Hold the registry lock of model_name: one holder at a time, across processes and machines.
-
-    Why a lock: two gates that read the same champion, both decide to promote and both move the alias leave the
-    later writer as champion, even when it is the worse one; re-reading after the write cannot fix that, because
-    the better one may have checked and left before the worse one writes. MLflow has no lock or compare-and-set,
-    but registered-model names are unique in every backend store (a unique key in SQL, checked in one
-    transaction), so creating the registered model `<model_name>.gate-lock` succeeds for exactly one caller;
-    deleting it releases the lock. A holder that died is detected (same host, its pid is gone) or, on another
-    machine, its lock expires after _LOCK_TTL_S.
-    """
-    name = f"{model_name}{LOCK_SUFFIX}"
-    key = (threading.get_ident(), str(getattr(client, "_registry_uri", "")), name)
-    if key in _held:
-        _held[key] += 1
-        try:
-            yield
-        finally:
-            _held[key] -= 1
-        return
-    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    _acquire(client, name, token, wait_s)
-    _held[key] = 1
-    try:
-        yield
-    finally:
-        del _held[key]
-        _release(client, name, token)
-
-
-def _lock_tags(client, name: str) -> dict[str, str] | None:
-    try:
-        return dict(client.get_registered_model(name).tags)
-    except MlflowException as err:
-        if _not_found(err):
-            return None
-        raise
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def _abandoned(tags: dict[str, str], now_ms: int) -> str | None:
-    """Why the lock with these tags has no live holder, or None while it may have one."""
-    owner = tags.get("owner", "")
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if int(tags.get("expires_ms") or 0) < now_ms:
-        return f"held by {owner}, expired"
-    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
-        return f"held by {owner}, a process that no longer exists"
-    return None
-
-
-def _acquire(client, name: str, token: str, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while True:
-        now_ms = int(time.time() * 1000)
-        tags = {"owner": token, "acquired_ms": str(now_ms), "expires_ms": str(now_ms + _LOCK_TTL_S * 1000)}
-        try:
-            client.create_registered_model(name, tags=tags, description="rewardflow registry lock; see gate_lock")
-            return
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        holder = _lock_tags(client, name)
-        if holder is None:  # released in between: try again at once
-            continue
-        if holder.get("owner") == token:  # our create went through; only its answer was lost and retried
-            return
-        reason = _abandoned(holder, now_ms)
-        if reason:
-            # re-read just before deleting, so a lock someone else has just taken over is left alone
-            if (_lock_tags(client, name) or {}).get("owner") == holder.get("owner"):
-                log.warning("registry lock %s: breaking it (%s)", name, reason)
-                with contextlib.suppress(MlflowException):
-                    client.delete_registered_model(name)
-            continue
-        if time.monotonic() > deadline:
-            raise RegistryBusy(
-                f"registry lock {name} is held by {holder.get('owner')} (another pipeline registering or promoting); "
-                f"waited {wait_s:.0f}s. Re-run later; if no such process exists any more, delete the registered "
-                f"model {name} (it expires by itself {_LOCK_TTL_S}s after it was taken)"
+def _locked(client, model_name: str) -> Iterator[Lock]:
+    """The registry lock (tasks/registry_lock.py), with any change a dead holder left unfinished finished first."""
+    with gate_lock(client, model_name) as lock:
+        if lock.inherited is not None and lock.finished is None:
+            change = lock.inherited
+            log.warning(
+                "%s: finishing the %s a process that died left unfinished: %s", model_name, change["op"], change
             )
-        time.sleep(random.uniform(0.05, 0.3))
-
-
-def _release(client, name: str, token: str) -> None:
-    holder = _lock_tags(client, name)
-    if holder is not None and holder.get("owner") == token:
-        with contextlib.suppress(MlflowException):
-            client.delete_registered_model(name)
-    else:
-        log.warning("registry lock %s was taken from us (held too long?); now held by %s", name, holder)
+            if change.get("op") == "rollback":
+                _apply_rollback(client, model_name, change)
+            lock.finished = change
+            lock.record(None)
+        yield lock
 
 
 # --- challenger ---------------------------------------------------------------------------------------
@@ -388,7 +303,7 @@ def register_challenger(
 ) -> tuple[ModelVersion, bool]:
     """Register model_uri as a new version with alias challenger; (existing version, False) when this run's
     model is already registered."""
-    with gate_lock(client, model_name):  # two registrations of one run must not both find nothing and create
+    with _locked(client, model_name):  # two registrations of one run must not both find nothing and create
         existing = find_version(client, model_name, source_run_id)
         if existing is not None:
             log.info("%s v%s is already registered from run %s", model_name, existing.version, source_run_id)
@@ -399,6 +314,7 @@ def register_challenger(
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        check_held(client, model_name)
         mv = client.create_model_version(
             name=model_name,
             source=model_uri,
@@ -407,7 +323,7 @@ def register_challenger(
             model_id=model_id,
         )
         mv = _wait_ready(client, model_name, str(mv.version))
-        client.set_registered_model_alias(model_name, CHALLENGER, str(mv.version))
+        _set_alias(client, model_name, CHALLENGER, str(mv.version))
     log.info("registered %s v%s (run %s) as %s", model_name, mv.version, source_run_id, CHALLENGER)
     return mv, True
 
@@ -418,7 +334,7 @@ def _resume_challenger(client, model_name: str, mv: ModelVersion) -> ModelVersio
     mv = _wait_ready(client, model_name, str(mv.version))
     current = _alias(client, model_name, CHALLENGER)
     if current is None or int(current) < int(mv.version):
-        client.set_registered_model_alias(model_name, CHALLENGER, str(mv.version))
+        _set_alias(client, model_name, CHALLENGER, str(mv.version))
     return mv
 
 
@@ -503,7 +419,7 @@ def gate(
     recorded ones). A version that is already champion (an earlier gate moved the alias and stopped before its
     verdict) gets its promotion finished, not compared with itself."""
     version = str(version)
-    with gate_lock(client, model_name):
+    with _locked(client, model_name):
         champion_version, champion, tags = champion_metrics(client, model_name)
         if champion_version == version:
             recorded = client.get_model_version(model_name, version).tags
@@ -540,7 +456,7 @@ def register_and_gate(
     """Register the model of a training run (once) and gate it; resumes whatever an earlier, interrupted call for
     the same run left undone. Returns (version, decision, champion metrics compared with); the decision is None
     when the run's version was already decided. model_uri may be None only when the run is already registered."""
-    with gate_lock(client, model_name):
+    with _locked(client, model_name):
         mv = find_version(client, model_name, source_run_id)
         if mv is None:
             if model_uri is None:
@@ -570,7 +486,7 @@ def _promote(client, model_name: str, version: str, reason: str) -> str | None:
         if previous is not None and history[-1:] != [previous]:
             # the alias was moved outside this module: keep the champion it replaced reachable by rollback
             history.append(previous)
-        client.set_registered_model_alias(model_name, CHAMPION, version)
+        _set_alias(client, model_name, CHAMPION, version)
     repaired = history[-1:] != [version]
     if repaired:
         _set_history(client, model_name, [*history, version])
@@ -585,14 +501,19 @@ def _promote(client, model_name: str, version: str, reason: str) -> str | None:
 def promote(client, model_name: str, version: str, reason: str) -> str | None:
     """Point alias champion at version and push it on the champion history; returns the champion before
     the call (None when there was none; version itself when it already was champion)."""
-    with gate_lock(client, model_name):
+    with _locked(client, model_name):
         return _promote(client, model_name, version, reason)
 
 
 def rollback(client, model_name: str, reason: str = "manual rollback") -> tuple[str, str]:
     """Give alias champion back to the previous champion; returns (demoted version, restored version).
-    Tags, then history, then the alias: after a crash at any point, running rollback again completes it."""
-    with gate_lock(client, model_name):
+
+    The change is recorded on the registry lock before anything moves, and the lock's release commits it: after a
+    crash at any point, whoever takes the lock next finishes this rollback, and a re-run of rollback finishes it
+    instead of rolling back a second time."""
+    with _locked(client, model_name) as lock:
+        if lock.finished is not None and lock.finished.get("op") == "rollback":
+            return lock.finished["from"], lock.finished["to"]
         current = _alias(client, model_name, CHAMPION)
         if current is None:
             raise ValueError(f"{model_name} has no {CHAMPION}: nothing to roll back")
@@ -601,13 +522,29 @@ def rollback(client, model_name: str, reason: str = "manual rollback") -> tuple[
             history.pop()
         if not history:
             raise ValueError(f"nothing to roll back to: version {current} is the only champion so far")
-        restored = history[-1]
-        client.set_model_version_tag(model_name, current, "rolled_back", "true")
-        client.set_model_version_tag(model_name, current, "rollback_reason", reason)
-        _set_history(client, model_name, history)
-        client.set_registered_model_alias(model_name, CHAMPION, restored)
-    log.warning("%s: %s rolled back from v%s to v%s: %s", model_name, CHAMPION, current, restored, reason)
-    return current, restored
+        change = {"op": "rollback", "from": current, "to": history[-1], "reason": reason}
+        lock.record(change)
+        _apply_rollback(client, model_name, change)
+    log.warning("%s: %s rolled back from v%s to v%s: %s", model_name, CHAMPION, current, change["to"], reason)
+    return current, change["to"]
+
+
+def _apply_rollback(client, model_name: str, change: dict[str, str]) -> None:
+    """The rollback's writes, each safe to repeat: tags on the demoted version, the history, the alias, the tag on
+    the restored version. Left alone when the champion is neither version any more (a later change won)."""
+    demoted, restored, reason = change["from"], change["to"], change["reason"]
+    champion = _alias(client, model_name, CHAMPION)
+    if champion not in (demoted, restored):
+        log.warning("%s: not finishing the rollback %s: the champion is v%s now", model_name, change, champion)
+        return
+    client.set_model_version_tag(model_name, demoted, "rolled_back", "true")
+    client.set_model_version_tag(model_name, demoted, "rollback_reason", reason)
+    history = _history(client, model_name)
+    if history[-1:] == [demoted]:
+        history.pop()
+    _set_history(client, model_name, history)
+    _set_alias(client, model_name, CHAMPION, restored)
+    client.set_model_version_tag(model_name, restored, "restored_reason", f"rollback from v{demoted}: {reason}")
 
 
 # --- reading the registry -----------------------------------------------------------------------------

@@ -176,8 +176,9 @@ def git_commit(root: str | Path = ".") -> str:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def dvc_lock_hashes(root: str | Path = ".") -> dict[str, str]:
-    """Every path dvc.lock and data.dvc pin, with its md5: the exact inputs a registered model can be rebuilt from."""
+def dvc_lock_hashes(root: str | Path = ".", stages: bool = True) -> dict[str, str]:
+    """The md5 of every path data.dvc and (with stages) dvc.lock's stage outputs pin: content in the DVC cache, from
+    which a registered model can be rebuilt. (Stage dependencies are git-tracked code or the data pinned here.)"""
     import yaml
 
     root = Path(root)
@@ -185,9 +186,9 @@ def dvc_lock_hashes(root: str | Path = ".") -> dict[str, str]:
     if (root / "data.dvc").is_file():
         for out in yaml.safe_load((root / "data.dvc").read_text()).get("outs", []):
             hashes[out["path"]] = out["md5"]
-    if (root / "dvc.lock").is_file():
+    if stages and (root / "dvc.lock").is_file():
         for stage in (yaml.safe_load((root / "dvc.lock").read_text()).get("stages") or {}).values():
-            for entry in (*stage.get("deps", []), *stage.get("outs", [])):
+            for entry in stage.get("outs", []):
                 if "md5" in entry:
                     hashes[entry["path"]] = entry["md5"]
     return hashes
@@ -263,7 +264,17 @@ def start_stage_run(client: Any, parent: str, experiment_id: str, stage: str, p:
 
 
 def end_run(client: Any, run_id: str, ok: bool) -> None:
-    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    """FINISHED, or FAILED; KILLED when called while a stop (KeyboardInterrupt: Ctrl-C, or flows.stopping's
+    SIGTERM) unwinds. A run that ends badly takes its still-running nested runs with it."""
+    import sys
+
+    status = "FINISHED" if ok else "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED"
+    client.set_terminated(run_id, status)
+    if not ok:
+        experiment_id = client.get_run(run_id).info.experiment_id
+        filter_string = f"tags.{PARENT_TAG} = '{run_id}' and attributes.status = 'RUNNING'"
+        for child in client.search_runs([experiment_id], filter_string=filter_string):
+            client.set_terminated(child.info.run_id, status)
 
 
 def find_stage_run(client: Any, experiment_id: str, stage: str, output_hash: str) -> str | None:

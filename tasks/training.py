@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import traceback
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +20,7 @@ from tasks.config import Params
 from tasks.data import completion_for, read_jsonl, read_jsonl_lines
 from tasks.launcher import world_size
 from tasks.modeling import check_targets, load_base_model, load_pretrained, peft_config_for, save_artifact
+from tasks.prompts import CHAT_KEY, check_fits, checkpoint_uses_chat_template, trl_example, uses_chat_template
 from tasks.rewards import (
     RewardConfig,
     build_reward_funcs,
@@ -27,6 +29,8 @@ from tasks.rewards import (
     compute_advantages,
     score_completion,
 )
+from tasks.stages import stage_params
+from tasks.write_errors import write_error_cause
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # gradient_checkpointing=False must be passed to override TRL's default of True; transformers 5 calls the name a
 # deprecated alias of activation_checkpointing, which TRL does not set.
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+
+
+def score_labelled_positions_only() -> None:
+    """TRL's fused LM head (the SFT loss, GRPO's log-probs) projects only the positions that carry a label on
+    devices with Triton, and every position elsewhere, so that a compiler (Neuron) sees fixed tile shapes. Nothing
+    is compiled on a CPU: there, the prompt positions' projections onto the whole vocabulary (and their softmax
+    gradients) are pure waste, most of an SFT step for a 49k-token vocabulary. This makes the CPU take the labelled
+    positions only too; the loss and gradients are the same (tested)."""
+    from trl.trainer import utils
+
+    use_triton = getattr(utils, "_use_triton", None)
+    if use_triton is None or getattr(use_triton, "rewardflow", False):
+        return  # another TRL layout: leave it as it is
+
+    def labelled_only(device: Any) -> bool:
+        return device.type == "cpu" or use_triton(device)
+
+    labelled_only.rewardflow = True  # type: ignore[attr-defined]
+    utils._use_triton = labelled_only
 
 
 def device_kwargs() -> dict[str, Any]:
@@ -157,13 +180,11 @@ FINGERPRINT_FILE = "fingerprint.json"
 # The Trainer deletes old checkpoints right after writing a new one, before the completion marker goes in: keeping
 # two means the newest complete checkpoint is still on disk whenever the one being written is cut short.
 SAVE_TOTAL_LIMIT = 2
-# What a stage's checkpoints depend on besides its input files: the params sections dvc.yaml gives the stage.
-STAGE_PARAMS = {"sft": ("seed", "model", "sft"), "grpo": ("seed", "reward", "grpo")}
 _CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 
 
 class SaveFailed(OSError):
-    """A checkpoint or a stage's artefact could not be written (disk full, quota, file-size limit, ...)."""
+    """A checkpoint or a stage's artefact could not be written; the message says why, from the error itself."""
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -180,12 +201,11 @@ def _read_json(path: Path) -> Any:
 
 
 def stage_fingerprint(p: Params, stage: str, inputs: list[str | Path]) -> str:
-    """sha256 (16 hex digits) of the stage's params sections and the bytes of its input files and folders:
+    """sha256 (16 hex digits) of the params dvc.yaml gives the stage and the bytes of its input files and folders:
     a checkpoint made with anything else must not be resumed."""
     from tasks.tracking import hash_files
 
-    full = p.to_dict()
-    sections = json.dumps({k: full[k] for k in STAGE_PARAMS[stage]}, sort_keys=True)
+    sections = json.dumps(stage_params(p, stage), sort_keys=True)
     return hashlib.sha256(f"{sections}\0{hash_files(inputs)}".encode()).hexdigest()[:16]
 
 
@@ -286,7 +306,9 @@ class Checkpoints:
         try:
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except Exception as err:
-            if self.saving is None:
+            # only a failure inside the Trainer's checkpoint writer is a failed checkpoint write
+            writing = any(frame.name == "_save_checkpoint" for frame in traceback.extract_tb(err.__traceback__))
+            if self.saving is None or not writing:
                 raise
             raise self.save_failed(err, self.dir / f"checkpoint-{self.saving}") from err
         return result, int(_CHECKPOINT_RE.fullmatch(resume.name).group(1)) if resume else 0
@@ -306,9 +328,7 @@ class Checkpoints:
         return out_dir
 
     def save_failed(self, err: Exception, target: Path) -> SaveFailed:
-        """What a failed write means for the user: what is intact, what a re-run does, what to do."""
-        where = next((d for d in (target, *target.parents) if d.exists()), Path("."))
-        free = shutil.disk_usage(where).free / 2**20
+        """What a failed write means for the user: what happened, what is intact, what a re-run does, what to do."""
         complete = self.complete()
         kept = (
             f"the last complete checkpoint, {complete[-1].name}, is kept and a re-run resumes from it"
@@ -318,9 +338,10 @@ class Checkpoints:
         previous = f"{self.artefact} was not written"
         if self.artefact.exists():
             previous = f"the previous {self.artefact} is unchanged"
+        cause, todo = write_error_cause(err, target)
         return SaveFailed(
-            f"{self.stage}: could not write {target}: {err} ({free:.0f} MiB free there; disk full?). "
-            f"Nothing half-written is used: {previous}, and {kept}. Free some space and re-run."
+            f"{self.stage}: could not write {target}: {err} ({cause}). "
+            f"Nothing half-written is used: {previous}, and {kept}. {todo}"
         )
 
 
@@ -366,6 +387,17 @@ def _grpo_trainer_class():
             super().__init__(*args, **kw)
             self.reward_config, self.min_std, self.min_unique_ratio = reward_config, min_std, min_unique_ratio
             self._last: tuple[Any, list[str]] | None = None
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+            """TRL's generation, with each group's prompt computed once instead of num_generations times (see
+            tasks.sampling); vLLM and multimodal batches go through TRL unchanged."""
+            from tasks.sampling import shared_prefix_generation
+
+            generate = super()._generate_single_turn
+            if self.use_vllm or images is not None or multimodal_fields:
+                return generate(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
+            with shared_prefix_generation(self.accelerator.unwrap_model(self.model_wrapped), num_generations):
+                return generate(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -420,16 +452,10 @@ def _grpo_trainer_class():
     return RewardflowGRPOTrainer
 
 
-def _resolved(p: Params, stage: str) -> dict[str, Any]:
-    full = p.to_dict()
-    return {
-        "stage": stage,
-        "seed": p.seed,
-        "model": full["model"],
-        "task": full["task"],
-        stage: full[stage],
-        "reward": full["reward"],
-    }
+def _resolved(p: Params, stage: str, chat: bool) -> dict[str, Any]:
+    """What the saved model records: its prompt format (tasks.prompts) and exactly the params dvc.yaml gives the
+    stage, so that it never shows a value DVC would not re-run the stage for."""
+    return {"stage": stage, CHAT_KEY: chat, **stage_params(p, stage)}
 
 
 def _write_logs(path: Path, logs: list[dict[str, Any]], extra: dict[str, Any]) -> None:
@@ -438,12 +464,19 @@ def _write_logs(path: Path, logs: list[dict[str, Any]], extra: dict[str, Any]) -
 
 
 def _save_stage(
-    trainer: Any, checkpoints: Checkpoints, tokenizer: Any, p: Params, stage: str, result: Any, resumed_from: int | None
+    trainer: Any,
+    checkpoints: Checkpoints,
+    tokenizer: Any,
+    p: Params,
+    stage: str,
+    result: Any,
+    resumed_from: int | None,
+    chat: bool,
 ) -> tuple[Path, dict[str, Any], bool]:
     """Save a trained stage's artefact (main process only, the others wait) and summarise the run: (artefact
     folder, summary, whether this is the main process)."""
     main = trainer.accelerator.is_main_process
-    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, stage), main)
+    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, stage, chat), main)
     trainer.accelerator.wait_for_everyone()
     summary = {
         "train_runtime": result.metrics.get("train_runtime"),
@@ -461,16 +494,18 @@ def run_sft(p: Params) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     set_seed(p.seed)
+    score_labelled_positions_only()
     # --- data
     lines = read_jsonl_lines(p.paths.train_file)
     rows = [row for _, row in lines]
-    dataset = Dataset.from_list(
-        [{"prompt": r["prompt"], "completion": " " + completion_for(r["scores"])} for r in rows]
-    )
     # --- model; every target must be something its tokenizer can represent
     score_range = (p.task.min_score, p.task.max_score)
     model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed, score_range)
     check_targets(tokenizer, p.paths.train_file, ((n, completion_for(r["scores"])) for n, r in lines))
+    chat = uses_chat_template(p.model.chat_template_mode, tokenizer, p.model.name_or_path)
+    texts = [(n, r["prompt"], completion_for(r["scores"])) for n, r in lines]
+    check_fits(tokenizer, p.paths.train_file, texts, chat, p.model.max_length)
+    dataset = Dataset.from_list([trl_example(r["prompt"], completion_for(r["scores"]), chat) for r in rows])
     # --- train, resuming an interrupted run of the same params and data from its last complete checkpoint
     capture = LogCapture("sft")
     fingerprint = stage_fingerprint(p, "sft", [p.paths.train_file])
@@ -502,7 +537,7 @@ def run_sft(p: Params) -> dict[str, Any]:
     _quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
     # --- save
-    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "sft", result, resumed_from)
+    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "sft", result, resumed_from, chat)
     summary["train_loss"] = result.training_loss
     if main:
         _write_logs(Path(p.paths.reports_dir) / "sft_logs.json", capture.logs, {"summary": summary})
@@ -523,14 +558,16 @@ def run_grpo(p: Params) -> dict[str, Any]:
     from trl import GRPOConfig
 
     set_seed(p.seed)
-    # --- data: TRL passes the `scores` column to every reward function
-    rows = read_jsonl(p.paths.train_file)
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "scores": r["scores"]} for r in rows])
+    score_labelled_positions_only()
     # --- model: the merged SFT artefact, so a fresh LoRA (if any) can be put on it
     sft_dir = Path(p.paths.models_dir) / "sft"
     if not (sft_dir / "config.json").exists():
         raise FileNotFoundError(f"{sft_dir}: no SFT checkpoint; run the sft stage first (GRPO only after SFT)")
     model, tokenizer = load_pretrained(sft_dir, p.model.trust_remote_code)
+    # --- data, formatted as SFT trained: TRL passes the `scores` column to every reward function
+    chat = checkpoint_uses_chat_template(sft_dir)
+    rows = read_jsonl(p.paths.train_file)
+    dataset = Dataset.from_list([{**trl_example(r["prompt"], None, chat), "scores": r["scores"]} for r in rows])
     # --- reward
     funcs, weights = build_reward_funcs(p.reward.mode, p.reward.config, p.reward.binary_tolerance)
     monitor = DeadComponentMonitor(
@@ -577,7 +614,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
     _quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
     # --- save
-    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "grpo", result, resumed_from)
+    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "grpo", result, resumed_from, chat)
     components = [
         {"step": e["step"], **{c: e[f"{STATS_PREFIX}{c}/mean"] for c in COMPONENTS}}
         for e in monitor.logs

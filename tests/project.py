@@ -60,9 +60,14 @@ def set_params(repo: Path, changes: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def tool_env() -> dict:
+    """The environment for the project's commands (rewardflow, dvc, mlflow, prefect): the virtual env first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
 def make_repo(repo: Path, generate: bool = True):
     """A git + DVC repository with the project's tracked files, tiny params (and generated data)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = tool_env()
     files = sh(["git", "ls-files"], ROOT, env).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
@@ -131,3 +136,173 @@ def mlflow_server(backend_store_uri: str, artifacts: Path, seconds: float = 120)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def grpo_step(p, reward, *, group: int, prompts: int = 1, min_unique_ratio: float, only_tokens=(), **config):
+    """One real GRPO step of the pipeline's trainer (RewardflowGRPOTrainer) on the built-in model, untrained, with
+    `reward` as the only reward function; `only_tokens` restricts what generation may sample (through the
+    generation config's suppress_tokens). Returns what it saw: the completions, TRL's own advantages (before the
+    article's rules replace them), the advantages the update used, the step's log entry, and whether any parameter
+    moved."""
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tasks.data import read_jsonl
+    from tasks.modeling import load_base_model
+    from tasks.training import _grpo_trainer_class, device_kwargs
+
+    rows = read_jsonl(p.paths.train_file)
+    model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
+    before = [t.detach().clone() for t in model.parameters()]
+    if only_tokens:
+        allowed = set(tokenizer.convert_tokens_to_ids(list(only_tokens)))
+        config["generation_kwargs"] = {"suppress_tokens": [i for i in range(len(tokenizer)) if i not in allowed]}
+    seen = {"completions": [], "trl": [], "used": []}
+
+    def scored(completions, **kwargs):
+        seen["completions"] += [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        return reward(completions, **kwargs)
+
+    scored.__name__ = reward.__name__
+
+    class TRLAdvantages(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            seen["trl"] += out["advantages"].tolist()
+            return out
+
+    class Recording(_grpo_trainer_class(), TRLAdvantages):  # TRL's step, then the article's rules on top
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            seen["used"] += out["advantages"].tolist()
+            return out
+
+    args = GRPOConfig(
+        output_dir=str(Path(p.paths.models_dir) / "scratch"),
+        **device_kwargs(),
+        **{
+            "seed": p.seed,
+            "max_steps": 1,
+            "per_device_train_batch_size": group * prompts,
+            "num_generations": group,
+            "max_completion_length": 4,
+            "learning_rate": 1e-2,
+            "beta": 0.0,
+            "logging_steps": 1,
+            "shuffle_dataset": False,
+            **config,
+        },
+    )
+    trainer = Recording(
+        model=model,
+        reward_funcs=[scored],
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "scores": r["scores"]} for r in rows]),
+        processing_class=tokenizer,
+        reward_config=p.reward.config,
+        min_std=p.grpo.min_std,
+        min_unique_ratio=min_unique_ratio,
+    )
+    trainer.train()
+    logged = next(e for e in trainer.state.log_history if "reward_stats/zero_std_group_frac" in e)
+    moved = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    finite = all(torch.isfinite(t).all() for t in model.parameters())
+    return {**seen, "log": logged, "moved": moved, "finite": finite}
+
+
+def stop_group(proc: subprocess.Popen, seconds: float = 30) -> None:
+    """SIGTERM to the process group of proc (started with start_new_session=True), SIGKILL if it lingers."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=seconds)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, seconds: float = 180):
+    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME and a 2 s scheduler loop (so that a new
+    schedule's runs exist within seconds); yields its API URL, stops it and its children afterwards."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    }
+    port = free_port()
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        try:
+            wait_for(f"{api}/health", proc, seconds)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{(home / 'server.log').read_text()[-3000:]}") from None
+        yield api
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+@contextlib.contextmanager
+def http_receiver():
+    """An HTTP server on 127.0.0.1 that records the JSON body of every POST; yields (its URL, the list of bodies)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append(json.loads(body or b"null"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def wait_until(check, seconds: float, what: str, every: float = 1.0):
+    """check() until it returns something truthy (returned); fail naming `what` when the time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+@contextlib.contextmanager
+def prefect_api(api: str):
+    """A synchronous Prefect client on the server at `api` (and Prefect's settings pointing there meanwhile)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        yield client

@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def params_file(tmp_path):
+    """A copy of the project's params.yaml with the profiles it can select."""
     path = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", path)
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
     return path
 
 
@@ -103,19 +105,83 @@ def test_bad_overrides_fail(override, message):
 def test_missing_and_broken_files(tmp_path):
     with pytest.raises(ParamsError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
-    broken = tmp_path / "broken.yaml"
+    broken = tmp_path / "broken" / "params.yaml"
+    broken.parent.mkdir()
     broken.write_text("seed: [1\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(broken)
-    empty = tmp_path / "empty.yaml"
+    empty = tmp_path / "params.yaml"
     empty.write_text("")
     with pytest.raises(ParamsError, match="missing key seed"):
         load_params(empty)
 
 
 def test_gpu_profile_is_a_valid_params_file():
-    """The shipped GPU profile loads with every check of params.yaml: a hub model with LoRA and vLLM generation."""
-    p = load_params(Path(__file__).resolve().parents[1] / "profiles" / "gpu-qwen2.5-0.5b.yaml")
+    """The shipped GPU profile, an overlay, loads with every check of params.yaml: a hub model with LoRA (auto: on for
+    a pretrained model), the chat template when the tokenizer has one, and vLLM generation."""
+    p = load_params(ROOT / "profiles" / "gpu-qwen2.5-0.5b.yaml")
     assert p.model.name_or_path == "Qwen/Qwen2.5-0.5B-Instruct" and not p.model.is_builtin
     assert p.sft.lora.active(p.model) and p.grpo.lora.active(p.model)
     assert p.grpo.use_vllm and p.grpo.vllm_mode == "colocate"
+    assert p.profile == "profiles/gpu-qwen2.5-0.5b.yaml" and p.model.chat_template_mode == "auto"
+
+
+def test_a_profile_holds_only_what_it_changes(params_file):
+    """A profile is merged over params.yaml key by key: what it sets wins, everything else is params.yaml's."""
+    base = load_params(params_file)
+    assert base.profile == "profiles/builtin-tiny.yaml"  # params.yaml's default, which changes nothing
+    overlay = params_file.parent / "profiles" / "small.yaml"
+    overlay.write_text("sft:\n  max_steps: 7\n  lora:\n    r: 4\nmodel:\n  chat_template: off\n")
+    p = load_params(overlay)
+    assert (p.sft.max_steps, p.sft.lora.r, p.model.chat_template_mode) == (7, 4, "off")
+    assert p.sft.lora.alpha == base.sft.lora.alpha and p.sft.learning_rate == base.sft.learning_rate
+    assert p.grpo == base.grpo and p.profile == "profiles/small.yaml"
+    # the same profile selected in params.yaml, or with --set profile=...
+    _edit(params_file, lambda r: r.update(profile="profiles/small.yaml"))
+    assert load_params(params_file) == p
+    _edit(params_file, lambda r: r.update(profile="profiles/builtin-tiny.yaml"))
+    assert load_params(params_file, ["profile=profiles/small.yaml"]) == p
+    # overrides apply over the profile
+    assert load_params(overlay, ["sft.max_steps=9"]).sft.max_steps == 9
+
+
+@pytest.mark.parametrize(
+    "overlay, message",
+    [
+        ("sft:\n  max_stepz: 7\n", r"small\.yaml: unknown key sft\.max_stepz"),  # a typo names the profile
+        ("nosuch:\n  a: 1\n", r"small\.yaml: unknown key nosuch"),
+        ("sft: 3\n", r"small\.yaml: sft must be a mapping"),
+        ("profile: profiles/builtin-tiny.yaml\n", r"small\.yaml: a profile cannot select another profile"),
+        ("sft:\n  max_steps: 0\n", r"small\.yaml \(over .*params\.yaml\): sft\.max_steps must be >= 1"),
+        ("[1, 2]\n", r"small\.yaml: must be a mapping of sections"),
+    ],
+)
+def test_a_bad_profile_is_rejected_naming_the_profile(params_file, overlay, message):
+    path = params_file.parent / "profiles" / "small.yaml"
+    path.write_text(overlay)
+    with pytest.raises(ParamsError, match=message):
+        load_params(path)
+
+
+def test_a_missing_profile_or_one_outside_a_project_fails_clearly(params_file, tmp_path_factory):
+    _edit(params_file, lambda r: r.update(profile="profiles/nope.yaml"))
+    with pytest.raises(ParamsError, match=r"params\.yaml: profile 'profiles/nope\.yaml' is not a file"):
+        load_params(params_file)
+    stray = tmp_path_factory.mktemp("elsewhere") / "profile.yaml"
+    stray.write_text("sft:\n  max_steps: 7\n")
+    with pytest.raises(ParamsError, match=r"a profile is merged over the project's params\.yaml, and none was found"):
+        load_params(stray)
+
+
+def test_dvc_records_a_run_only_with_the_profile_params_yaml_selects(params_file, monkeypatch):
+    from tasks.lineage import Lineage
+
+    (params_file.parent / ".dvc").mkdir()
+    (params_file.parent / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(params_file.parent)
+    assert Lineage.for_params("params.yaml").active
+    assert Lineage.for_params("profiles/builtin-tiny.yaml").active  # the selected one, named explicitly
+    assert not Lineage.for_params("profiles/cpu-smollm2-135m.yaml").active
+    assert not Lineage.for_params("params.yaml", ["sft.max_steps=3"]).active
+    _edit(params_file, lambda r: r.update(profile="profiles/cpu-smollm2-135m.yaml"))
+    assert Lineage.for_params("params.yaml").active and Lineage.for_params("profiles/cpu-smollm2-135m.yaml").active

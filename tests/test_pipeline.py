@@ -155,7 +155,7 @@ def test_retraining_skips_when_the_data_is_what_the_champion_was_trained_on(proj
     from flows.retrain import retraining_flow
 
     result = retraining_flow()
-    assert "equals the one champion v1 was trained on" in result["skipped"]
+    assert "is what version 1 was trained on (promoted)" in result["skipped"]
 
 
 def test_grpo_param_change_reruns_grpo_and_gates_the_new_version(project):

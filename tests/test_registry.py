@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
@@ -28,6 +29,7 @@ from tasks.config import PROMOTABLE_METRICS, RegisterConfig
 from tasks.data import generate_rows
 from tasks.registry import (
     Decision,
+    ScorePredictor,
     apply_decision,
     champion_metrics,
     decide_promotion,
@@ -399,6 +401,13 @@ def test_logged_model_is_self_contained(client, scorer):
     assert f"mlflow=={mlflow.__version__}" in requirements
     assert all("+" not in r for r in requirements)  # no local build tags such as torch's +cpu
     assert (local / "code" / "tasks" / "registry.py").is_file()
+    # models-from-code: the predictor is the logged file, not a pickle; nothing but source names the class
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("scorer_model.py") and "python_model" not in flavor
+    assert (local / "scorer_model.py").read_text() == (ROOT / "tasks" / "scorer_model.py").read_text()
+    naming = [f.relative_to(local) for f in local.rglob("*") if f.is_file() and b"ScorePredictor" in f.read_bytes()]
+    assert naming and all(f.suffix == ".py" for f in naming), naming
+    assert not [f for f in local.rglob("*") if f.suffix in (".pkl", ".pickle")]
     # the checkpoint sits at artifacts/model whatever its folder was called (here: sft)
     assert {f.name for f in (local / "artifacts" / "model").iterdir()} >= {"config.json", "model.safetensors"}
     model = mlflow.pyfunc.load_model(scorer.model_uri)
@@ -408,6 +417,23 @@ def test_logged_model_is_self_contained(client, scorer):
     for data in (scorer.prompts, pd.DataFrame({"prompt": scorer.prompts}), pd.Series(scorer.prompts)):
         assert model.predict(data) == scorer.expected
     assert scorer.log_seconds < 60
+
+
+def test_versions_logged_as_a_pickle_still_load(client, scorer):
+    """Versions logged before models-from-code hold a cloudpickle of tasks.registry.ScorePredictor (logged here
+    the way they were): they still load and score."""
+    checkpoint = Path(mlflow.artifacts.download_artifacts(scorer.model_uri)) / "artifacts" / "model"
+    with mlflow.start_run(experiment_id=scorer.experiment_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=ScorePredictor(),
+            artifacts={"model": str(checkpoint)},
+            code_paths=[str(ROOT / "tasks")],
+            model_config={"batch_size": BATCH_SIZE, "max_new_tokens": MAX_NEW_TOKENS},
+            pip_requirements=pip_requirements(),
+        )
+    assert (Path(mlflow.artifacts.download_artifacts(info.model_uri)) / "python_model.pkl").is_file()
+    assert mlflow.pyfunc.load_model(info.model_uri).predict(scorer.prompts) == scorer.expected
 
 
 def _promoted_champion(client, scorer, name):

@@ -2,6 +2,7 @@
 rewards in a real GRPO step, params that must fail before any work, models that must not run code, servers on
 127.0.0.1, credentials kept out of what is printed. docs/RELIABILITY.md lists each fault and its test."""
 
+import errno
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from project import tiny_params
+from project import grpo_step, tiny_params
 
 from tasks import tracking
 from tasks.config import Params, ParamsError, load_params
@@ -91,11 +92,13 @@ def test_resume_point(tmp_path, caplog, folder_fp, found, resumed, left, logged)
     "stage, change, same",
     [
         ("sft", "sft.learning_rate=0.0031", False),  # the stage's own section
-        ("sft", "model.hidden_size=64", False),  # a section dvc.yaml gives the stage
+        ("sft", "model.hidden_size=64", False),  # a section dvc.yaml gives the stage (read from dvc.yaml)
         ("sft", "seed=7", False),  # the seed
         ("sft", "grpo.temperature=0.9", True),  # another stage's section
         ("sft", "evaluate.batch_size=3", True),  # another stage's section
         ("grpo", "reward.mode=binary", False),  # the reward GRPO optimises
+        ("grpo", "model.trust_remote_code=true", False),  # GRPO loads the SFT model with the model section
+        ("grpo", "launcher.num_processes=2", False),  # how many processes share each batch
         ("grpo", "sft.max_steps=7", True),  # SFT's params reach GRPO only through the SFT model's bytes
     ],
 )
@@ -116,73 +119,34 @@ def test_non_finite_rewards_in_a_real_grpo_step_are_counted_and_their_groups_get
     """A reward function that returns NaN for one completion and -inf for another, in a real GRPO step of three
     groups: both are counted and logged, their groups get zero advantage, the third group learns, nothing in the
     update is NaN."""
-    from datasets import Dataset
-    from trl import GRPOConfig
-
-    from tasks.training import _grpo_trainer_class, device_kwargs
-
     caplog.set_level(logging.WARNING, logger="tasks.training")
-    p = tiny("grpo.prompts_per_step=3")
-    rows = read_jsonl(p.paths.train_file)
-    model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
-    before = [t.detach().clone() for t in model.parameters()]
     # per completion, by position in the step: group 1 has a NaN, group 2 a -inf, group 3 plain 1/0 rewards
     values = [math.nan, 1, 0, 1] + [0, 1, -math.inf, 1] + [1, 0, 1, 0]
 
     def nan_inf(completions, **kwargs):
         return values[: len(completions)]
 
-    advantages = []
+    # min_unique_ratio 0: this test is about rewards, not diversity
+    step = grpo_step(tiny("grpo.prompts_per_step=3"), nan_inf, group=4, prompts=3, min_unique_ratio=0.0)
 
-    class Recording(_grpo_trainer_class()):
-        def _generate_and_score_completions(self, inputs):
-            out = super()._generate_and_score_completions(inputs)
-            advantages.append(out["advantages"].tolist())
-            return out
-
-    args = GRPOConfig(
-        output_dir=str(Path(p.paths.models_dir) / "scratch"),
-        **device_kwargs(),
-        seed=p.seed,
-        max_steps=1,
-        per_device_train_batch_size=12,
-        num_generations=4,
-        max_completion_length=4,
-        learning_rate=1e-2,
-        beta=0.0,
-        logging_steps=1,
-        shuffle_dataset=False,
-    )
-    trainer = Recording(
-        model=model,
-        reward_funcs=[nan_inf],
-        args=args,
-        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "scores": r["scores"]} for r in rows]),
-        processing_class=tokenizer,
-        reward_config=p.reward.config,
-        min_std=p.grpo.min_std,
-        min_unique_ratio=0.0,  # this test is about rewards, not diversity
-    )
-    trainer.train()
-
-    (step,) = advantages
-    assert all(math.isfinite(a) for a in step)
-    assert step[:8] == [0.0] * 8  # the groups with a NaN and a -inf
-    assert step[8:] == pytest.approx([1.0, -1.0, 1.0, -1.0], abs=1e-6)  # the third group still learns
-    logged = next(e for e in trainer.state.log_history if "reward_stats/non_finite_rewards" in e)
+    assert all(math.isfinite(a) for a in step["used"])
+    assert step["used"][:8] == [0.0] * 8  # the groups with a NaN and a -inf
+    assert step["used"][8:] == pytest.approx([1.0, -1.0, 1.0, -1.0], abs=1e-6)  # the third group still learns
+    logged = step["log"]
     assert logged["reward_stats/non_finite_rewards"] == 2.0
     assert math.isfinite(logged["loss"]) and math.isfinite(logged["grad_norm"]) and logged["grad_norm"] > 0
     assert "grpo step 1: 2 completion(s) got a non-finite reward (from nan_inf)" in caplog.text
-    after = list(model.parameters())
-    assert all(torch.isfinite(t).all() for t in after)
-    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert step["finite"] and step["moved"]
 
 
 # --- params fail before any work ------------------------------------------------------------------------------
 
 BAD_PARAMS = [
-    # top level: numpy's seed range
+    # top level: numpy's seed range; a profile that is not a file
     ("seed=-1", r"seed must be in \[0, 2\*\*32\)"),
+    ("profile=profiles/nope.yaml", r"profile 'profiles/nope\.yaml' is not a file"),
+    # model: a chat-template mode that does not exist
+    ("model.chat_template=sometimes", r"model\.chat_template must be auto, on or off"),
     # paths: an empty path would write into the project root
     ("paths.models_dir=' '", r"paths\.models_dir must not be empty"),
     # task: scores out of order
@@ -226,6 +190,10 @@ BAD_PARAMS = [
     # grpo's collapse guard and vLLM settings
     ("grpo.collapse_low_diversity_frac=0", r"grpo\.collapse_low_diversity_frac must be in \(0, 1\]"),
     ("grpo.vllm_mode=remote", r"grpo\.vllm_mode must be colocate or server"),
+    # data: what to do with unpinned data is pin or refuse, nothing else
+    ("data.pin=ignore", r"data\.pin must be one of pin, refuse"),
+    # notify: a block is named <type-slug>/<name>
+    ("notify.block=my-slack", r"notify\.block must be <block-type-slug>/<block-name>"),
 ]
 
 
@@ -243,17 +211,25 @@ def test_every_params_section_has_a_bad_value_case():
 
 def test_bad_params_stop_the_pipeline_before_any_work(tmp_path):
     """`rewardflow run` with an out-of-range value: exit 2, the key named, and nothing created (no data, no
-    checkpoint, no MLflow store, no Prefect server started)."""
+    checkpoint, no MLflow store), no Prefect server started: Prefect, MLflow and torch are not even imported."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_API_URL", None)  # as on a fresh machine: a run would start Prefect's temporary server
+    # Prefect creates its home folder when imported; every import is listed on stderr
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPROFILEIMPORTTIME": "1"}
     started = time.perf_counter()
     result = subprocess.run(
         ["rewardflow", "run", "--set", "grpo.save_steps=0"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 2, result.stderr[-3000:]
     assert "grpo.save_steps must be >= 1" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    # no data, store or Prefect home
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "profiles"]
+    imported = re.findall(r"^import time:.*\|\s+(\S+)$", result.stderr, flags=re.M)
+    assert "tasks.config" in imported  # the listing is real
+    assert not [m for m in imported if m.split(".")[0] in ("prefect", "mlflow", "torch")]  # no server, no store
     assert time.perf_counter() - started < 60
 
 
@@ -345,6 +321,32 @@ def test_disk_full_while_saving_the_model_keeps_the_previous_one(tiny):
     assert {f.name: f.read_bytes() for f in ckpts.artefact.iterdir()} == before
     assert sorted(d.name for d in ckpts.artefact.parent.iterdir()) == [".checkpoints", "sft"]  # no temporary left
     assert ckpts.complete() == [ckpts.dir / "checkpoint-7"]
+
+
+@pytest.mark.parametrize(
+    "error, cause, todo",
+    [
+        # a full disk: the free space is stated
+        (OSError(errno.ENOSPC, "No space left on device"), r"\(the disk is full: \d+ MiB free there\)", "Free some"),
+        # safetensors wraps the OS error in its own exception type, with the errno in the message
+        (
+            RuntimeError('Error while serializing: IoError(Os { code: 122, kind: QuotaExceeded, message: "x" })'),
+            r"\(the disk quota is exceeded: \d+ MiB free there\)",
+            "raise the quota",
+        ),
+        # a read-only file system: nothing about space at all
+        (OSError(errno.EROFS, "Read-only file system"), r"\(the file system is read-only\)", "writable folder"),
+        (PermissionError(errno.EACCES, "Permission denied"), r"\(no permission to write there\)", "writable"),
+        # an error that is no I/O error: named as what it is
+        (TypeError("cannot pickle 'generator' object"), r"cannot pickle 'generator' object \(TypeError\)", "Fix"),
+    ],
+)
+def test_a_failed_write_is_reported_as_what_happened(tmp_path, error, cause, todo):
+    ckpts = Checkpoints(tmp_path / "models", "grpo", "fp", max_steps=7)
+    message = str(ckpts.save_failed(error, ckpts.dir / "checkpoint-5"))
+    assert re.search(cause, message), message
+    assert todo in message and ("disk" in message) == ("disk" in cause)  # a full disk only when it is one
+    assert "no complete checkpoint exists yet, so a re-run starts from step 0" in message
 
 
 # --- credentials stay out of what is printed -------------------------------------------------------------------

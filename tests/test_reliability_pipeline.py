@@ -213,7 +213,9 @@ def test_disk_full_while_writing_a_checkpoint(project):
     assert run.returncode == 1, run.stderr[-3000:]
     message = run.stderr
     assert f"error in stage sft: sft: could not write models/.checkpoints/sft/checkpoint-{SFT_SAVE}" in message
-    assert "File too large" in message and "disk full?" in message
+    # what happened, from the error: the file-size limit, not a guess at a full disk
+    assert "File too large" in message and "(the file-size limit (`ulimit -f`) was reached: 20000 bytes)" in message
+    assert "disk" not in message and message.rstrip().endswith("Raise the limit and re-run.")
     assert "the previous models/sft is unchanged" in message and "a re-run starts from step 0" in message
     assert _tree_hash(repo / "models" / "sft") == before
     cut = repo / "models" / ".checkpoints" / "sft" / f"checkpoint-{SFT_SAVE}"

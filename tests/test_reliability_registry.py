@@ -23,7 +23,7 @@ from mlflow.tracking._model_registry import utils as registry_uri_state
 from mlflow.tracking._tracking_service import utils as tracking_uri_state
 from project import free_port
 
-from tasks import tracking
+from tasks import registry, registry_lock, tracking
 from tasks.config import RegisterConfig
 from tasks.registry import LOCK_SUFFIX, RegistryBusy, gate_lock, register_and_gate
 from tasks.tracking import TrackingUnavailable
@@ -129,23 +129,55 @@ def _state(client, name):
     }
 
 
-# A process that registers a better (0.9) or worse (0.4) model than champion v1 (0.5) and dies with SIGKILL just
-# before the named registry call; only the MLflow client method is wrapped, the server and its store are real.
+def _do(client, name, op, arg):
+    """One registry operation by name, as the crash scripts run it: register (arg run_id:within_1), promote (arg
+    the version) or rollback (arg the reason)."""
+    if op == "register":
+        run_id, within_1 = arg.split(":")
+        return _register(client, name, run_id, float(within_1))
+    if op == "promote":
+        return registry.promote(client, name, arg, "crash test")
+    return registry.rollback(client, name, arg)
+
+
+# A process that runs one registry operation and dies with SIGKILL just before the named registry call (the first
+# whose arguments end with the marker); only the MLflow client method is wrapped, the server and its store are real.
+# Its lock declares a 2 s TTL, so a re-run counts it out 2 s after its last heartbeat.
 CRASH = """
 import os, signal, sys
 from mlflow import MlflowClient
 sys.path.insert(0, sys.argv[1])
-from test_reliability_registry import _register
-uri, name, run_id, within_1, method, marker = sys.argv[2:8]
+from tasks import registry_lock
+from test_reliability_registry import _do
+registry_lock.LOCK_TTL_S = 2.0
+uri, name, op, arg, method, marker = sys.argv[2:8]
 real = getattr(MlflowClient, method)
 def dying(self, *args, **kwargs):
     if any(str(a).endswith(marker) for a in (*args, *kwargs.values())):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(self, *args, **kwargs)
 setattr(MlflowClient, method, dying)
-_register(MlflowClient(uri, uri), name, run_id, float(within_1))
+_do(MlflowClient(uri, uri), name, op, arg)
 print("not killed")
 """
+
+
+def _crash(server, name, op, arg, method, marker) -> subprocess.Popen:
+    """Start a CRASH process (see above)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", CRASH, str(Path(__file__).parent), server.uri, name, op, arg, method, marker],
+        cwd=ROOT,
+        env={**os.environ, **FAST_CLIENT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _killed(name, process) -> None:
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == -signal.SIGKILL, f"{name}: {out}\n{err[-3000:]}"
+
 
 CRASH_POINTS = [
     # before the version exists (the model is logged, nothing registered)
@@ -177,19 +209,10 @@ def test_a_crash_at_any_registration_step_is_finished_by_the_rerun(server, clien
         name = f"crash-{i}"  # (a name ending like a marker would trip the wrong call)
         _register(client, name, _run(client, experiment_id), 0.5)  # v1, the champion
         run_id = _run(client, experiment_id)
-        args = [str(Path(__file__).parent), server.uri, name, run_id, str(within_1), method, marker]
-        process = subprocess.Popen(
-            [sys.executable, "-c", CRASH, *args],
-            cwd=ROOT,
-            env={**os.environ, **FAST_CLIENT},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = _crash(server, name, "register", f"{run_id}:{within_1}", method, marker)
         cases.append((name, run_id, within_1, marker, process))
     for name, run_id, within_1, marker, process in cases:
-        out, err = process.communicate(timeout=240)
-        assert process.returncode == -signal.SIGKILL, f"{name}: {out}\n{err[-3000:]}"
+        _killed(name, process)
 
         before = _state(client, name)
         started = time.perf_counter()
@@ -198,7 +221,7 @@ def test_a_crash_at_any_registration_step_is_finished_by_the_rerun(server, clien
         promoted = within_1 > 0.5
         if marker == LOCK_SUFFIX:
             assert before["locked"] and decision is None, name  # the dead holder's lock; the work was done
-        assert time.perf_counter() - started < 30, name  # the dead process's lock is broken, not waited out
+        assert time.perf_counter() - started < 30, name  # the dead process's lock is broken after its 2 s TTL
         assert version == "2", name
         assert after["versions"] == [("1", "promoted"), ("2", "promoted" if promoted else "rejected")], name
         assert after["aliases"] == {"champion": "2" if promoted else "1", "challenger": "2"}, name
@@ -209,6 +232,63 @@ def test_a_crash_at_any_registration_step_is_finished_by_the_rerun(server, clien
         assert after["tags"]["2"]["champion_version_at_gate"] == "1", name
         if promoted:
             assert after["tags"]["2"]["promoted_reason"] == reason, name
+
+
+# Every write of promote (v2 over champion v1) and of rollback (champion v2 back to v1), and the lock's release.
+PROMOTE_AND_ROLLBACK_CRASH_POINTS = [
+    # promote: the alias has not moved
+    ("promote", "set_registered_model_alias", "champion"),
+    # promote: the alias moved to v2, the history still ends at v1
+    ("promote", "set_registered_model_tag", "champion_history"),
+    # promote: alias and history done, the reason not yet on v2
+    ("promote", "set_model_version_tag", "promoted_reason"),
+    # promote: all written, the lock not released
+    ("promote", "delete_registered_model", LOCK_SUFFIX),
+    # rollback: before the change is recorded on the lock (nothing written yet)
+    ("rollback", "set_registered_model_tag", registry_lock.PENDING_TAG),
+    # rollback: recorded, nothing moved
+    ("rollback", "set_model_version_tag", "rolled_back"),
+    # rollback: v2 marked rolled back, its reason not yet
+    ("rollback", "set_model_version_tag", "rollback_reason"),
+    # rollback: tags written, the history still ends at v2
+    ("rollback", "set_registered_model_tag", "champion_history"),
+    # rollback: the history ends at v1, the alias still on v2
+    ("rollback", "set_registered_model_alias", "champion"),
+    # rollback: the alias is back on v1, v1 not yet told why
+    ("rollback", "set_model_version_tag", "restored_reason"),
+    # rollback: all written, the lock (which records the rollback) not released: the re-run must not roll back again
+    ("rollback", "delete_registered_model", LOCK_SUFFIX),
+]
+
+
+def test_a_crash_at_any_write_of_promote_or_rollback_is_finished_by_the_rerun(server, client, experiment_id):
+    """kill -9 before each write of `promote` and `rollback`, then the same command again: one consistent state,
+    one champion, the history and the tags on both versions, no lock left, and never a second rollback."""
+    cases = []
+    for i, (op, method, marker) in enumerate(PROMOTE_AND_ROLLBACK_CRASH_POINTS):
+        name = f"{op}-crash-{i}"
+        _register(client, name, _run(client, experiment_id), 0.5)  # v1, the champion
+        # v2: rejected (0.4) for promote to promote by hand; promoted (0.9) for rollback to undo
+        _register(client, name, _run(client, experiment_id), 0.4 if op == "promote" else 0.9)
+        arg = "2" if op == "promote" else "crash test"  # promote v2; rollback's reason
+        cases.append((name, op, arg, _crash(server, name, op, arg, method, marker)))
+    for name, op, arg, process in cases:
+        _killed(name, process)
+        result = _do(client, name, op, arg)  # the re-run
+        state = _state(client, name)
+        assert not state["locked"], name
+        assert state["versions"] == [("1", "promoted"), ("2", "rejected" if op == "promote" else "promoted")], name
+        if op == "promote":
+            assert result in ("1", "2"), name  # the champion before the call (v2 when the crash came after the alias)
+            assert state["aliases"] == {"champion": "2", "challenger": "2"}, name
+            assert state["history"] == ["1", "2"], name
+            assert state["tags"]["2"]["promoted_reason"] == "crash test", name
+        else:
+            assert result == ("2", "1"), name
+            assert state["aliases"] == {"champion": "1", "challenger": "2"}, name
+            assert state["history"] == ["1"], name
+            assert (state["tags"]["2"]["rolled_back"], state["tags"]["2"]["rollback_reason"]) == ("true", "crash test")
+            assert state["tags"]["1"]["restored_reason"] == "rollback from v2: crash test", name
 
 
 # One process of four registering and gating at once: waits for the start file, then goes.
@@ -304,6 +384,87 @@ def test_a_live_holder_makes_others_wait_then_fail_clearly(client):
     assert not client.search_registered_models(f"name = '{name}{LOCK_SUFFIX}'")  # released
 
 
+def test_a_live_holder_keeps_its_lock_past_the_ttl(client, monkeypatch):
+    """The heartbeat: a holder that works under the lock for 3 TTLs (as waiting for a model version or
+    re-evaluating a champion can) keeps it; a waiter sees the beat move and never breaks it."""
+    monkeypatch.setattr(registry_lock, "LOCK_TTL_S", 2.0)
+    name, outcome = "heartbeat", []
+
+    def contender():
+        try:
+            with gate_lock(MlflowClient(client.tracking_uri, client.tracking_uri), name, wait_s=5):
+                outcome.append("took the lock")
+        except RegistryBusy as err:
+            outcome.append(err)
+
+    with gate_lock(client, name) as lock:
+        thread = threading.Thread(target=contender)
+        thread.start()
+        time.sleep(6)  # 3 TTLs: without the heartbeat the contender would break the lock after 2 s
+        thread.join(timeout=30)
+        lock.check()  # still ours: a guarded write may go ahead
+        beats = int(registry_lock.lock_tags(client, f"{name}{LOCK_SUFFIX}")["beat"])
+    assert len(outcome) == 1 and isinstance(outcome[0], RegistryBusy), outcome
+    assert beats >= 3  # at least once per TTL (every TTL/6 when the machine keeps up)
+    assert not client.search_registered_models(f"name = '{name}{LOCK_SUFFIX}'")
+
+
+# A holder that takes the lock, says so, then waits for the go file and promotes v2 under that same lock.
+STALLED_HOLDER = """
+import sys, time
+from pathlib import Path
+from mlflow import MlflowClient
+from tasks import registry, registry_lock
+registry_lock.LOCK_TTL_S = 1.0
+uri, name, held, go = sys.argv[1:5]
+client = MlflowClient(uri, uri)
+with registry_lock.gate_lock(client, name):
+    Path(held).touch()
+    while not Path(go).exists():
+        time.sleep(0.05)
+    registry.promote(client, name, "2", "from the stalled holder")
+"""
+
+
+def test_a_holder_that_lost_its_lock_writes_no_alias(server, client, experiment_id, tmp_path):
+    """A holder paused (SIGSTOP) for longer than its TTL loses the lock to a waiter; resumed while the waiter holds
+    it, it stops with RegistryLockLost before moving any alias, and leaves the waiter's lock alone."""
+    name = "stalled"
+    _register(client, name, _run(client, experiment_id), 0.5)  # v1, the champion
+    _register(client, name, _run(client, experiment_id), 0.4)  # v2, rejected
+    held, go = tmp_path / "held", tmp_path / "go"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", STALLED_HOLDER, server.uri, name, str(held), str(go)],
+        cwd=ROOT,
+        env={**os.environ, **FAST_CLIENT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not held.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()[1][-3000:]
+            time.sleep(0.05)
+        os.kill(holder.pid, signal.SIGSTOP)
+        started = time.perf_counter()
+        with gate_lock(client, name) as ours:  # breaks the stalled holder's lock after its 1 s TTL
+            waited = time.perf_counter() - started
+            go.touch()
+            os.kill(holder.pid, signal.SIGCONT)
+            out, err = holder.communicate(timeout=60)
+            ours.check()  # the resumed holder left our lock alone
+    finally:
+        if holder.poll() is None:
+            os.kill(holder.pid, signal.SIGCONT)
+            holder.kill()
+    assert 1 <= waited < 20
+    assert holder.returncode == 1 and "RegistryLockLost: registry lock stalled.gate-lock was taken over" in err, err
+    state = _state(client, name)
+    assert state["aliases"] == {"champion": "1", "challenger": "2"} and state["history"] == ["1"]
+    assert "promoted_reason" not in state["tags"]["2"] and not state["locked"]
+
+
 class BlackHole:
     """A TCP server on 127.0.0.1 that accepts connections and never answers: a hung tracking server."""
 
@@ -356,6 +517,76 @@ def test_tracking_server_down_mid_run_then_back(server, client, experiment_id):
     state = _state(client, name)
     assert (version, decision.promote) == ("2", True)
     assert state["versions"] == [("1", "promoted"), ("2", "promoted")] and state["aliases"]["champion"] == "2"
+
+
+# A process that registers and gates a better model (0.9 over champion 0.5), and just before the named write tells
+# the test (ready file) and waits for it (go file): the test kills the server in between.
+HELD_BEFORE_WRITE = """
+import sys, time
+from pathlib import Path
+from mlflow import MlflowClient
+sys.path.insert(0, sys.argv[1])
+from tasks import registry_lock
+from test_reliability_registry import _register
+registry_lock.LOCK_TTL_S = 2.0
+uri, name, run_id, method, marker, ready, go = sys.argv[2:9]
+real = getattr(MlflowClient, method)
+def held(self, *args, **kwargs):
+    if any(str(a).endswith(marker) for a in (*args, *kwargs.values())):
+        Path(ready).touch()
+        while not Path(go).exists():
+            time.sleep(0.05)
+    return real(self, *args, **kwargs)
+setattr(MlflowClient, method, held)
+_register(MlflowClient(uri, uri), name, run_id, 0.9)
+"""
+
+
+@pytest.mark.parametrize(
+    "method, marker",
+    [
+        # version 2 exists, its challenger alias is not set yet
+        ("set_registered_model_alias", "challenger"),
+        # the champion alias moved to v2, the history still ends at v1
+        ("set_registered_model_tag", "champion_history"),
+    ],
+)
+def test_server_killed_between_two_registry_writes_then_the_rerun_finishes(
+    server, client, experiment_id, tmp_path, method, marker
+):
+    """The tracking server dies between two writes of a registration (the process then fails on its next call and
+    leaves its lock behind); once the server is back, re-running the registration of the same training run
+    finishes it: one new version, not two, the aliases, history and decision right, no lock left."""
+    name = f"server-killed-{marker}"
+    _register(client, name, _run(client, experiment_id), 0.5)
+    run_id = _run(client, experiment_id)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    args = [str(Path(__file__).parent), server.uri, name, run_id, method, marker, str(ready), str(go)]
+    process = subprocess.Popen(
+        [sys.executable, "-c", HELD_BEFORE_WRITE, *args],
+        cwd=ROOT,
+        env={**os.environ, **FAST_CLIENT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    server.stop()
+    try:
+        go.touch()
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 1 and "Connection refused" in err, err[-3000:]
+    finally:
+        server.start()
+    version, decision, _ = _register(client, name, run_id, 0.9)  # the re-run, after the dead lock's TTL
+    state = _state(client, name)
+    assert version == "2" and decision.promote
+    assert state["versions"] == [("1", "promoted"), ("2", "promoted")]  # nothing duplicated
+    assert state["aliases"] == {"champion": "2", "challenger": "2"} and state["history"] == ["1", "2"]
+    assert not state["locked"]
 
 
 @contextlib.contextmanager

@@ -107,3 +107,14 @@ def test_params_refuse_a_range_too_wide_for_the_built_in_tokenizer():
     # a pretrained model spells numbers with its own tokenizer: no limit
     wide = load_params(ROOT / "params.yaml", ["task.max_score=100000", "model.name_or_path=some/model"])
     assert wide.task.max_score == 100000
+
+
+def test_a_target_that_would_be_truncated_stops_sft_before_training(tmp_path):
+    """model.max_length shorter than a prompt and its target: SFT would train on a cut-off target; it stops first,
+    naming the longest example's line."""
+    from tasks.training import run_sft
+
+    p = _project(tmp_path, 0, 10, "sft.max_steps=2", "model.max_length=10")
+    with pytest.raises(DataFileError, match=r"train\.jsonl:\d+: the prompt and its target take 1\d tokens, more than "):
+        run_sft(p)
+    assert not (Path(p.paths.models_dir) / "sft").exists()

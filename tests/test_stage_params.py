@@ -1,0 +1,81 @@
+"""Every stage declares in dvc.yaml exactly the params it reads: the read set is recorded while each stage runs for
+real on a tiny project, and compared with the stage's `params:` (and, for `paths`, the `${paths.*}` its deps and
+outs interpolate, which DVC tracks as the paths themselves)."""
+
+import re
+
+import pytest
+import yaml
+from project import tiny_params
+
+from tasks.stages import DVC_FILE, STAGES
+
+
+class _Reads:
+    """A section read key by key (paths only: what DVC tracks through interpolation)."""
+
+    def __init__(self, section, section_name: str, read: set[str]) -> None:
+        self._section, self._name, self._read = section, section_name, read
+
+    def __getattr__(self, key):
+        self._read.add(f"{self._name}.{key}")
+        return getattr(self._section, key)
+
+
+class RecordingParams:
+    """Params whose reads are recorded: top-level sections by name, `paths` by key; to_dict() reads everything."""
+
+    def __init__(self, p) -> None:
+        self._p, self.read = p, set()
+
+    def __getattr__(self, name):
+        if name == "to_dict":
+            self.read |= set(type(self._p).__dataclass_fields__)
+        value = getattr(self._p, name)
+        if name == "paths":
+            return _Reads(value, name, self.read)
+        if name in type(self._p).__dataclass_fields__:
+            self.read.add(name)
+        return value
+
+
+def _interpolated(stage: dict) -> set[str]:
+    """The `paths.<key>` a stage's definition interpolates: DVC re-runs the stage when one of them changes."""
+    return set(re.findall(r"\$\{(paths\.\w+)\}", yaml.safe_dump(stage)))
+
+
+@pytest.fixture(scope="module")
+def reads(tmp_path_factory):
+    """Each stage of dvc.yaml run for real on a tiny project, in pipeline order, and the params it read."""
+    p = tiny_params(
+        tmp_path_factory.mktemp("reads"),
+        "sft.max_steps=1",
+        "grpo.max_steps=1",
+        "grpo.prompts_per_step=2",
+        "grpo.save_steps=1",
+    )
+    found = {}
+    for name, run in STAGES.items():
+        recorder = RecordingParams(p)
+        run(recorder)
+        found[name] = recorder.read
+    return found
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_stage_declares_exactly_the_params_it_reads(reads, stage):
+    definition = yaml.safe_load(DVC_FILE.read_text())["stages"][stage]
+    entries = definition.get("params", [])
+    # the selected profile, tracked as a whole file, is merged into the sections before any stage reads them
+    assert [e for e in entries if isinstance(e, dict)] == [{"${profile}": None}], f"{stage} does not track the profile"
+    declared = {e for e in entries if isinstance(e, str)}
+    read = reads[stage]
+    sections = {key for key in read if "." not in key}
+    # every section read is declared, and every declared section is read
+    assert sections == declared - {"paths"}, f"{stage}: reads {sorted(sections)}, dvc.yaml declares {sorted(declared)}"
+    # a path read is declared (validate) or interpolated into the stage's deps and outs
+    paths = {key for key in read if key.startswith("paths.")}
+    if "paths" in declared:
+        assert paths
+    else:
+        assert paths <= _interpolated(definition), f"{stage}: reads {sorted(paths - _interpolated(definition))}"
