@@ -120,7 +120,7 @@ def test_own_data_walkthrough(walkthrough):
     assert stage_statuses(first) == dict.fromkeys(STAGE_NAMES, "ran")
     assert "version 1 registered -> champion" in first
     assert "champion: version 1" in status and "data_hash=" in status
-    assert "skipped: data hash" in retrain and "champion v1" in retrain
+    assert "skipped: data unchanged: data hash" in retrain and "what version 1 was trained on (promoted)" in retrain
     assert stage_statuses(second) == {"validate": "ran", "sft": "skipped", "grpo": "skipped", "evaluate": "ran"}
     assert "already registered as version 1" in second
     # the run used the README's task and the user's files, not the embedded task
