@@ -83,11 +83,19 @@ def _run_stage(name: str, params: Path, set_: list[str] | None) -> None:
 
 @app.command("validate")
 def validate(
-    paths: Annotated[list[Path] | None, typer.Argument(help="train file, then held-out file")] = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="files to check instead of the configured ones: train, then held-out")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="write the check's validation.json and Data Docs (data_docs/) into this folder"),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Stage validate: the Great Expectations data gate. Exit 0 when valid, 1 when not."""
+    """Stage validate: the Great Expectations data gate on the configured files, written to the reports folder
+    (DVC outputs). Given files (or --out), a check instead: the report goes to the terminal (and --out), never to
+    the pipeline's outputs. Exit 0 when valid, 1 when not."""
     from tasks.validation import validate_files
 
     p = _load(params, set_)
@@ -95,8 +103,18 @@ def validate(
     if len(files) > 2:
         typer.secho("error: give at most two files: train, then held-out", err=True, fg="red")
         raise typer.Exit(2)
+    reports = Path(p.paths.reports_dir)
+    is_stage = not paths and out is None
+    if out is not None and out.resolve() == reports.resolve():
+        typer.secho(
+            f"error: --out {out} is the validate stage's output folder (paths.reports_dir), tracked by DVC; "
+            "writing a check there would make the pipeline re-run: pick another folder",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(2)
     try:
-        gate = validate_files(files[0], files[1] if len(files) > 1 else None, p)
+        gate = validate_files(files[0], files[1] if len(files) > 1 else None, p, reports if is_stage else out)
     except DataFileError as err:
         typer.secho(f"invalid: {err}", err=True, fg="red")
         raise typer.Exit(1) from None

@@ -1,8 +1,12 @@
 """The validate stage: a Great Expectations suite, defined here in code, gates the data before any training.
 
 Critical expectations fail the gate; warning expectations (distribution sanity) are reported and logged but let
-the pipeline go on. GE's own Data Docs HTML is written under reports/data_docs, and a JSON summary to
-reports/validation.json. GE's `severity` does not change a result's `success`, so the gate decides itself.
+the pipeline go on. GE's `severity` does not change a result's `success`, so the gate decides itself.
+
+The stage writes a JSON summary to reports/validation.json (a dependency of sft: it holds only the verdict and the
+findings, so identical data gives identical bytes wherever the checkout is) and GE's Data Docs HTML to
+reports/data_docs (time-stamped by GE on every run, so no stage depends on it). Checking other files writes
+nothing unless asked to (`validate_files(..., out_dir=None)`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from tasks.data import read_jsonl_lines
 
 log = logging.getLogger(__name__)
 LINE = "line"
+# what the validate stage writes under paths.reports_dir (dvc.yaml declares the same two outputs)
+REPORT_FILE = "validation.json"
+DOCS_DIR = "data_docs"
 # helper column -> the source column it is derived from (a missing source reports once, not per helper)
 HELPER_SOURCE = {
     "prompt_type": "prompt",
@@ -71,12 +78,18 @@ class GateResult:
     data_docs: str | None = None
     report: str | None = None
 
+    def to_json(self) -> str:
+        """The report file: the verdict and the findings only (where it was written would make it differ by
+        checkout), so the same data and params give the same bytes."""
+        findings = {key: [asdict(f) for f in getattr(self, key)] for key in ("failures", "warnings")}
+        return json.dumps({"passed": self.passed, **findings}, indent=1, default=str) + "\n"
+
     def format(self) -> str:
         head = "data validation " + ("passed" if self.passed else f"FAILED ({len(self.failures)} expectations)")
         lines = [head, *(f"  FAIL {f.format()}" for f in self.failures)]
         lines += [f"  warn {w.format()}" for w in self.warnings]
-        if self.data_docs:
-            lines.append(f"  report: {self.data_docs}")
+        if self.report:
+            lines.append(f"  report: {self.report}, Data Docs: {self.data_docs}")
         return "\n".join(lines)
 
 
@@ -225,8 +238,9 @@ def build_suite(name: str, p: Params, heldout: bool) -> Any:
     return gx.ExpectationSuite(name=name, expectations=expectations)
 
 
-def _context(docs_dir: Path) -> Any:
-    """An in-memory GE context whose only file output is the Data Docs site in docs_dir (no gx/ folder)."""
+def _context(docs_dir: Path | None) -> Any:
+    """An in-memory GE context whose only file output is the Data Docs site in docs_dir (no gx/ folder); with no
+    docs_dir, one that writes nothing."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -234,15 +248,18 @@ def _context(docs_dir: Path) -> Any:
         ProgressBarsConfig,
     )
 
-    site = {
-        "class_name": "SiteBuilder",
-        "show_how_to_buttons": False,
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    }
+    sites = {}
+    if docs_dir is not None:
+        store = {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}
+        sites["rewardflow"] = {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": store,
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        data_docs_sites={"rewardflow": site},
+        data_docs_sites=sites,
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),
     )
@@ -303,13 +320,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def validate_files(train_file: str | Path, heldout_file: str | Path | None, p: Params) -> GateResult:
-    """Run the suite on the train (and held-out) file; write Data Docs and reports/validation.json."""
+def _write_atomic(path: Path, text: str) -> None:
+    """path holds the old text or the new, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def validate_files(
+    train_file: str | Path, heldout_file: str | Path | None, p: Params, out_dir: str | Path | None = None
+) -> GateResult:
+    """Run the suite on the train (and held-out) file. With out_dir, write the report (REPORT_FILE) and the Data
+    Docs (DOCS_DIR) there; without, write nothing (the result is returned)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
 
-    reports = Path(p.paths.reports_dir)
-    context = _context(reports / "data_docs")
+    out = Path(out_dir) if out_dir is not None else None
+    context = _context(out / DOCS_DIR if out is not None else None)
     source = context.data_sources.add_pandas("rewardflow")
     train = load_frame(train_file)
     frames = {"train": (str(train_file), add_helper_columns(train), False)}
@@ -334,11 +362,11 @@ def validate_files(train_file: str | Path, heldout_file: str | Path | None, p: P
             is_warning = finding.severity in ("warning", "info") and finding.error is None
             (gate.warnings if is_warning else gate.failures).append(finding)
     gate.passed = not gate.failures
-    urls = context.build_data_docs(site_names=["rewardflow"])
-    gate.data_docs = str(Path(unquote(urlparse(urls["rewardflow"]).path)))
-    gate.report = str(reports / "validation.json")
-    reports.mkdir(parents=True, exist_ok=True)
-    Path(gate.report).write_text(json.dumps(asdict(gate), indent=1, default=str) + "\n")
+    if out is not None:
+        urls = context.build_data_docs(site_names=["rewardflow"])
+        gate.data_docs = str(Path(unquote(urlparse(urls["rewardflow"]).path)))
+        gate.report = str(out / REPORT_FILE)
+        _write_atomic(Path(gate.report), gate.to_json())
     for warning in gate.warnings:
         log.warning("data warning: %s", warning.format())
     return gate
@@ -346,7 +374,7 @@ def validate_files(train_file: str | Path, heldout_file: str | Path | None, p: P
 
 def run_validate(p: Params) -> GateResult:
     """The validate stage: raise ValidationFailed (no retry, nothing trained) when the data gate fails."""
-    gate = validate_files(p.paths.train_file, p.paths.heldout_file, p)
+    gate = validate_files(p.paths.train_file, p.paths.heldout_file, p, p.paths.reports_dir)
     if not gate.passed:
         raise ValidationFailed(gate)
     log.info("data validation passed (%d warnings); report %s", len(gate.warnings), gate.data_docs)

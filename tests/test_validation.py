@@ -16,6 +16,7 @@ HELD = [{"prompt": f"held {i} :", "scores": [1 + i % 5, 3, 3, 3]} for i in range
 
 
 def _write(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
 
@@ -25,17 +26,46 @@ def params(tmp_path):
     return load_params(ROOT / "params.yaml", [f"paths.reports_dir={tmp_path}/reports", "validate.max_prompt_chars=60"])
 
 
-def _run(tmp_path, params, train, held=HELD):
-    return validate_files(_write(tmp_path / "train.jsonl", train), _write(tmp_path / "heldout.jsonl", held), params)
+def _run(tmp_path, params, train, held=HELD, out_dir=None):
+    train_file, held_file = _write(tmp_path / "train.jsonl", train), _write(tmp_path / "heldout.jsonl", held)
+    return validate_files(train_file, held_file, params, out_dir)
 
 
 def test_good_files_pass_and_write_data_docs(tmp_path, params):
-    gate = _run(tmp_path, params, GOOD)
+    gate = _run(tmp_path, params, GOOD, out_dir=tmp_path / "reports")
     assert gate.passed and gate.failures == []
     html = Path(gate.data_docs).read_text()
     assert Path(gate.data_docs).name == "index.html" and "rewardflow_train" in html
     assert json.loads(Path(gate.report).read_text())["passed"] is True
     assert not (Path.cwd() / "gx").exists()  # the in-memory context writes no gx/ project folder
+
+
+def test_a_check_without_out_dir_writes_nothing(tmp_path, params):
+    rows = [dict(r) for r in GOOD]
+    rows[6]["scores"] = [1, 2, 3]
+    train = _write(tmp_path / "t.jsonl", rows)
+    before = sorted(tmp_path.rglob("*"))
+    gate = validate_files(train, None, params)
+    assert [f.check for f in gate.failures] == ["scores_count"]
+    assert gate.data_docs is None and gate.report is None
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_report_is_the_same_bytes_wherever_the_checkout_is(tmp_path, monkeypatch):
+    """reports/validation.json (a dependency of sft) holds no path of the checkout: the stage run on the same data
+    in two folders writes the same bytes, failures and warnings included."""
+    reports = []
+    for checkout in ("one", "two/deeper"):
+        root = tmp_path / checkout
+        _write(root / "data" / "train.jsonl", [*GOOD[:-1], {**GOOD[-1], "scores": [2, 2, 3, 4]}])
+        _write(root / "data" / "heldout.jsonl", [*HELD, {"prompt": "held x :", "scores": [1, 2, 3, 9]}])
+        monkeypatch.chdir(root)
+        gate = validate_files("data/train.jsonl", "data/heldout.jsonl", load_params(ROOT / "params.yaml"), "reports")
+        assert [f.check for f in gate.failures] == ["scores_max"] and gate.data_docs
+        reports.append((root / "reports" / "validation.json").read_bytes())
+    assert reports[0] == reports[1]
+    assert str(tmp_path).encode() not in reports[0]
+    assert json.loads(reports[0])["failures"][0]["lines"] == [6]
 
 
 @pytest.mark.parametrize(
@@ -124,15 +154,15 @@ def test_cli_exit_codes_and_malformed_files(tmp_path, content, expected):
 
 
 def test_cli_valid_files_exit_zero(tmp_path):
+    """Checking given files writes its report only where --out says, never into the pipeline's reports folder."""
     train, held = _write(tmp_path / "t.jsonl", GOOD), _write(tmp_path / "h.jsonl", HELD)
-    cli = [
-        Path(sys.executable).parent / "rewardflow",
-        "validate",
-        str(train),
-        str(held),
-        "--set",
-        f"paths.reports_dir={tmp_path}/r",
-    ]
+    cli = [Path(sys.executable).parent / "rewardflow", "validate", str(train), str(held)]
+    cli += ["--set", f"paths.reports_dir={tmp_path}/r", "--out", str(tmp_path / "check")]
     result = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    assert "data validation passed" in result.stdout and "index.html" in result.stdout
+    assert "data validation passed" in result.stdout and f"{tmp_path}/check/data_docs/index.html" in result.stdout
+    assert json.loads((tmp_path / "check" / "validation.json").read_text())["passed"] is True
+    assert not (tmp_path / "r").exists()
+    refused = subprocess.run([*cli[:-1], str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 2 and "tracked by DVC" in refused.stderr
+    assert not (tmp_path / "r").exists()
