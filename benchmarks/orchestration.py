@@ -20,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tasks.stages import STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-STAGES = ("validate", "sft", "grpo", "evaluate")
 
 
 def timed(args: list[str], cwd: Path, env: dict) -> tuple[float, subprocess.CompletedProcess, dt.datetime]:

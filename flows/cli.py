@@ -7,15 +7,46 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 import yaml
+from typer.core import TyperGroup
 
 from flows import stopping
 from tasks.config import ParamsError, load_params
 from tasks.data import DataFileError, generate_dataset
+from tasks.stages import STAGES
 from tasks.validation import ValidationFailed
 
+
+def _stage_command(name: str) -> click.Command:
+    """`rewardflow <stage>`: run one stage of the table (tasks/stages.py) with the params file and overrides."""
+
+    def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+        _run_stage(name, params, set_)
+
+    one = typer.Typer(add_completion=False)
+    one.command(name, help=STAGES[name].help)(command)
+    return typer.main.get_command(one)
+
+
+class _StageCommands(TyperGroup):
+    """The commands defined below, and one per stage of the table that has no command of its own, read from the
+    table when the CLI runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        own = super().list_commands(ctx)
+        return [*own, *(name for name in STAGES if name not in own)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in STAGES:
+            return _stage_command(cmd_name)
+        return command
+
+
 app = typer.Typer(
+    cls=_StageCommands,
     help="rewardflow: SFT + GRPO pipeline that teaches a model to emit structured scores.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -72,10 +103,8 @@ def show_params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) ->
 @stopping.stops_cleanly("stage")
 def _run_stage(name: str, params: Path, set_: list[str] | None) -> None:
     p = _load(params, set_)
-    from tasks.stages import STAGES
-
     try:
-        STAGES[name](p)
+        STAGES[name].run(p)
     except (FileNotFoundError, ValueError, OSError, ValidationFailed) as err:
         typer.secho(f"error in stage {name}: {err}", err=True, fg="red")
         raise typer.Exit(1) from None
@@ -120,24 +149,6 @@ def validate(
         raise typer.Exit(1) from None
     typer.echo(gate.format())
     raise typer.Exit(0 if gate.passed else 1)
-
-
-@app.command("sft")
-def sft(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Stage sft: supervised fine-tuning -> models/sft."""
-    _run_stage("sft", params, set_)
-
-
-@app.command("grpo")
-def grpo(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Stage grpo: GRPO from models/sft with the configured reward -> models/grpo."""
-    _run_stage("grpo", params, set_)
-
-
-@app.command("evaluate")
-def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Stage evaluate: held-out metrics of models/sft and models/grpo -> reports/eval.json."""
-    _run_stage("evaluate", params, set_)
 
 
 def _print_summary(summary: dict, seconds: float) -> None:

@@ -23,11 +23,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows import notify, stopping
-from tasks import pinning, projectlock, tracking
+from tasks import dvcfile, pinning, projectlock, stage_outputs, tracking
 from tasks.config import Params, load_params
 from tasks.lineage import Lineage
 from tasks.metrics import SHOWN
-from tasks.stages import STAGES
+from tasks.stages import STAGES, pipeline_stages
 
 
 def _tracking_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -156,7 +156,7 @@ def run_stage(pipe: Pipeline, name: str) -> StageResult:
         return StageResult(name, "skipped", 0.0)
     started = time.perf_counter()
     try:
-        STAGES[name](pipe.p)
+        STAGES[name].run(pipe.p)
     except BaseException as err:
         notify.mark_stage(err, name)
         tracking.end_run(pipe.client, pipe.stage_runs[name], ok=False)
@@ -172,16 +172,18 @@ def log_stage(pipe: Pipeline, result: StageResult) -> None:
     """The stage's metrics, reports and plots; for a checkpoint, its hash and the run that first produced it."""
     client, run_id = pipe.client, pipe.stage_runs[result.name]
     tags = {"skipped": str(result.status == "skipped").lower(), "seconds": f"{result.seconds:.1f}"}
-    checkpoint = Path(pipe.p.paths.models_dir) / result.name
-    if result.name in ("sft", "grpo") and checkpoint.is_dir():
-        tags["output_hash"] = tracking.hash_files([checkpoint])
+    models = Path(pipe.p.paths.models_dir)
+    checkpoints = [f for f in dvcfile.declared_paths(pipe.p, result.name, "outs") if f.is_relative_to(models)]
+    if checkpoints and all(f.is_dir() for f in checkpoints):
+        tags["output_hash"] = tracking.hash_files(checkpoints)
         source = tracking.find_stage_run(client, pipe.experiment_id, result.name, tags["output_hash"])
         if result.status == "skipped" and source:
             tags["reused_from_run_id"] = source
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
-    if result.status == "ran" or result.name == "evaluate":
-        tracking.log_stage_outputs(client, run_id, result.name, pipe.p)
+    stage = STAGES[result.name]
+    if result.status == "ran" or stage.log_when_skipped:
+        stage_outputs.log_stage_outputs(client, run_id, stage, pipe.p)
     tracking.end_run(client, run_id, ok=True)
 
 
@@ -305,7 +307,7 @@ def training_pipeline(params_file: str = "params.yaml", overrides: list[str] | N
         data_pin = pin_data(p, lineage)
         with tracked_pipeline(p, lineage, data_pin) as pipe:
             results = []
-            for name in STAGES:
+            for name in (stage.name for stage in pipeline_stages()):
                 open_stage_run(pipe, name)
                 result = run_stage.with_options(name=name)(pipe, name)
                 log_stage(pipe, result)

@@ -1,18 +1,36 @@
-"""The pipeline's stages by name: one name per stage in params.yaml, the CLI, dvc.yaml and the flows."""
+"""The pipeline's stages, one table. A stage is its function (in its own module), its params.yaml section, its
+dvc.yaml entry and its tests: one name everywhere (the params section, the dvc.yaml stage, the CLI command
+`rewardflow <stage>`, the Prefect task, the MLflow nested run).
+
+Everything else derives from here: the CLI commands (flows/cli.py), the flow's stage loop (flows/pipeline.py), what
+MLflow records of a stage's outputs (tasks/stage_outputs.py), the benchmarks. What a stage depends on (its params,
+deps and outs) is read from dvc.yaml, never restated.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
+from tasks import dvcfile, stage_outputs
 from tasks.config import Params
 
-# The stage declarations: commands, deps, params and outs (the project's own dvc.yaml, beside this package).
-DVC_FILE = Path(__file__).resolve().parents[1] / "dvc.yaml"
+# what a stage function gets, and what MLflow-logging hooks get: (client, run id, stage name, params)
+OutputLogger = Callable[[Any, str, str, Params], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    # runs the stage in this process; heavy libraries (torch, transformers, trl) load only when it is called
+    run: Callable[[Params], Any]
+    # one line for `rewardflow --help`
+    help: str
+    # what MLflow records of the stage's outputs besides its dvc.yaml metrics and reports (tasks/stage_outputs.py)
+    log_extra: tuple[OutputLogger, ...] = ()
+    # log its outputs in every pipeline run, also when DVC skipped it (the held-out metrics the gate reads)
+    log_when_skipped: bool = False
 
 
 def _validate(p: Params) -> Any:
@@ -21,21 +39,26 @@ def _validate(p: Params) -> Any:
     return run_validate(p)
 
 
-def _sft(p: Params) -> Any:
-    from tasks import launcher
+def _launched_or_here(stage: str, run: Callable[[Params], Any]) -> Callable[[Params], Any]:
+    """A training stage: under `accelerate launch` when params `launcher` asks for several processes, else here."""
 
-    if launcher.needs_launch(p):
-        return launcher.launch("sft", p)
+    def stage_function(p: Params) -> Any:
+        from tasks import launcher
+
+        if launcher.needs_launch(p):
+            return launcher.launch(stage, p)
+        return run(p)
+
+    return stage_function
+
+
+def _sft(p: Params) -> Any:
     from tasks.training import run_sft
 
     return run_sft(p)
 
 
 def _grpo(p: Params) -> Any:
-    from tasks import launcher
-
-    if launcher.needs_launch(p):
-        return launcher.launch("grpo", p)
     from tasks.training import run_grpo
 
     return run_grpo(p)
@@ -47,26 +70,40 @@ def _evaluate(p: Params) -> Any:
     return run_evaluate(p)
 
 
-# Heavy libraries (torch, transformers, trl) load only when a stage that needs them runs.
-STAGES: dict[str, Callable[[Params], Any]] = {"validate": _validate, "sft": _sft, "grpo": _grpo, "evaluate": _evaluate}
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("validate", _validate, "Stage validate: the Great Expectations data gate."),
+        Stage(
+            "sft",
+            _launched_or_here("sft", _sft),
+            "Stage sft: supervised fine-tuning -> models/sft.",
+            (stage_outputs.log_training,),
+        ),
+        Stage(
+            "grpo",
+            _launched_or_here("grpo", _grpo),
+            "Stage grpo: GRPO from models/sft with the configured reward -> models/grpo.",
+            (stage_outputs.log_training, stage_outputs.log_reward_components),
+        ),
+        Stage(
+            "evaluate",
+            _evaluate,
+            "Stage evaluate: held-out metrics of models/sft and models/grpo -> reports/eval.json.",
+            (stage_outputs.log_score_heatmap,),
+            log_when_skipped=True,
+        ),
+    )
+}
 
 
-def declared_params(dvc_file: str | Path = DVC_FILE) -> dict[str, tuple[str, ...]]:
-    """Each stage's params as dvc.yaml declares them: params.yaml keys, top-level (`model`) or dotted (`a.b`)."""
-    stages = yaml.safe_load(Path(dvc_file).read_text())["stages"]
-    return {name: tuple(k for k in stage.get("params", []) if isinstance(k, str)) for name, stage in stages.items()}
-
-
-# What a stage's outputs and checkpoints depend on besides its input files: read from dvc.yaml, never restated.
-STAGE_PARAMS = declared_params()
-
-
-def stage_params(p: Params, stage: str) -> dict[str, Any]:
-    """The values of the params dvc.yaml gives `stage`, by key (sections as plain dicts)."""
-    values: dict[str, Any] = {}
-    for key in STAGE_PARAMS[stage]:
-        value: Any = p
-        for part in key.split("."):
-            value = getattr(value, part)
-        values[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-    return values
+def pipeline_stages() -> list[Stage]:
+    """The table's stages, in order, once they are checked to be exactly the stages dvc.yaml declares."""
+    declared = dvcfile.declared_stages()
+    missing = [name for name in declared if name not in STAGES]
+    if missing:
+        raise ValueError(f"{dvcfile.DVC_FILE} declares stage {missing[0]!r}, which tasks/stages.py STAGES lacks")
+    undeclared = [name for name in STAGES if name not in declared]
+    if undeclared:
+        raise ValueError(f"stage {undeclared[0]!r} of tasks/stages.py STAGES has no entry in {dvcfile.DVC_FILE}")
+    return list(STAGES.values())

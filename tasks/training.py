@@ -18,12 +18,12 @@ from typing import Any
 
 from tasks.config import Params
 from tasks.data import completion_for, read_jsonl, read_jsonl_lines
+from tasks.dvcfile import stage_params
 from tasks.launcher import world_size
 from tasks.modeling import check_targets, load_base_model, load_pretrained, peft_config_for, save_artifact
 from tasks.prompts import CHAT_KEY, check_fits, checkpoint_uses_chat_template, trl_example, uses_chat_template
 from tasks.reward_funcs import build_reward_funcs, completion_text
 from tasks.rewards import COMPONENTS, RewardConfig, check_diversity, compute_advantages, score_completion
-from tasks.stages import stage_params
 from tasks.write_errors import write_error_cause
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from project import tiny_params
 
-from tasks.stages import DVC_FILE, STAGES
+from tasks.dvcfile import DVC_FILE
+from tasks.stages import STAGES
 
 
 class _Reads:
@@ -55,9 +56,9 @@ def reads(tmp_path_factory):
         "grpo.save_steps=1",
     )
     found = {}
-    for name, run in STAGES.items():
+    for name, stage in STAGES.items():
         recorder = RecordingParams(p)
-        run(recorder)
+        stage.run(recorder)
         found[name] = recorder.read
     return found
 

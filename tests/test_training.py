@@ -261,13 +261,13 @@ def test_two_processes_through_accelerate_launch(tiny):
     from tasks.stages import STAGES
 
     single = tiny()
-    STAGES["sft"](single)
+    STAGES["sft"].run(single)
     keys_single = set(json.loads((Path(single.paths.reports_dir) / "sft_logs.json").read_text())["logs"][0])
 
     p = tiny("launcher.num_processes=2", "launcher.port=29547")
     with ListeningSockets() as sockets:
-        STAGES["sft"](p)
-        STAGES["grpo"](p)
+        STAGES["sft"].run(p)
+        STAGES["grpo"].run(p)
     # the rendezvous (torch's TCPStore on launcher.port) and gloo's connections listen on the loopback only
     assert 29547 in {port for _, port in sockets.seen}, sockets.seen
     assert {address for address, _ in sockets.seen} == {"127.0.0.1"}, sockets.seen
