@@ -22,6 +22,13 @@ TINY = {
 }
 
 
+def copy_params(folder: Path) -> Path:
+    """The project's params.yaml and the profiles it can select, copied into folder; returns the params file."""
+    shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
+    shutil.copytree(ROOT / "profiles", folder / "profiles", dirs_exist_ok=True)
+    return folder / "params.yaml"
+
+
 def overrides(sections: dict) -> list[str]:
     """`section.key=value` overrides for a {section: {key: value}} mapping (e.g. TINY)."""
     return [f"{section}.{key}={value}" for section, values in sections.items() for key, value in values.items()]

@@ -1,10 +1,10 @@
 """params.yaml loading: every error path names the file and the key."""
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from project import copy_params
 
 from tasks.config import ParamsError, load_params
 
@@ -14,10 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def params_file(tmp_path):
     """A copy of the project's params.yaml with the profiles it can select."""
-    path = tmp_path / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", path)
-    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
-    return path
+    return copy_params(tmp_path)
 
 
 def _edit(path: Path, change) -> None:

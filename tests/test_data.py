@@ -167,13 +167,15 @@ def test_generate_recreates_what_data_dvc_pins(tmp_path):
     import sys
     from pathlib import Path
 
+    from project import copy_params
+
     root = Path(__file__).resolve().parents[1]
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     shutil.copytree(root / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
-    for name in ("data.dvc", "params.yaml"):
-        shutil.copy(root / name, tmp_path / name)
+    shutil.copy(root / "data.dvc", tmp_path / "data.dvc")
+    copy_params(tmp_path)
     subprocess.run([bin_dir / "rewardflow", "data", "generate"], cwd=tmp_path, env=env, check=True)
     # Caching the regenerated files must leave the pin unchanged (same md5), and then DVC sees no change.
     subprocess.run([bin_dir / "dvc", "commit", "-q", "-f", "data.dvc"], cwd=tmp_path, env=env, check=True)

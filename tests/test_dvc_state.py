@@ -6,7 +6,7 @@ import time
 
 import pytest
 import yaml
-from project import ROOT, sh, stop_group, tool_env, wait_until
+from project import copy_params, sh, stop_group, tool_env, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_rewardflow_run_beside_a_running_dvc_repro_refuses_naming_it(tmp_path):
     env = tool_env()
     sh(["git", "init", "-q"], tmp_path, env)
     sh(["dvc", "init", "-q"], tmp_path, env)
-    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    copy_params(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: sleep 120 && touch out.txt\n    outs: [out.txt]\n")
     with (tmp_path / "repro.log").open("w") as log:
         repro = subprocess.Popen(

@@ -10,7 +10,6 @@ import os
 import pickle
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from project import grpo_step, tiny_params
+from project import copy_params, grpo_step, tiny_params
 
 from tasks import tracking
 from tasks.config import Params, ParamsError, load_params
@@ -212,8 +211,7 @@ def test_every_params_section_has_a_bad_value_case():
 def test_bad_params_stop_the_pipeline_before_any_work(tmp_path):
     """`rewardflow run` with an out-of-range value: exit 2, the key named, and nothing created (no data, no
     checkpoint, no MLflow store), no Prefect server started: Prefect, MLflow and torch are not even imported."""
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    copy_params(tmp_path)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)  # as on a fresh machine: a run would start Prefect's temporary server

@@ -29,7 +29,7 @@ def _project(root: Path, lo: int, hi: int, *extra: str):
     write_jsonl(root / "data" / "train.jsonl", _rows(400, 1, lo, hi))
     write_jsonl(root / "data" / "heldout.jsonl", _rows(80, 2, lo, hi))
     shape = ["task.n_items=1", f"task.min_score={lo}", f"task.max_score={hi}", "model.hidden_size=64"]
-    shape += ["model.num_layers=2", "model.intermediate_size=128", "sft.batch_size=16", "sft.learning_rate=0.005"]
+    shape += ["model.num_layers=2", "model.intermediate_size=128", "sft.batch_size=16", "sft.learning_rate=0.01"]
     return tiny_params(root, *shape, *extra)
 
 
@@ -45,7 +45,7 @@ def test_a_short_sft_emits_the_extreme_scores_of_the_range(tmp_path, lo, hi):
     from tasks.evaluation import run_evaluate
     from tasks.training import run_sft
 
-    p = _project(tmp_path, lo, hi, "sft.max_steps=200")
+    p = _project(tmp_path, lo, hi, "sft.max_steps=300")
     run_sft(p)
     metrics = run_evaluate(p, ("sft",))["sft"]
     assert metrics["format_compliance"] == 1.0

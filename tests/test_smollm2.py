@@ -2,6 +2,7 @@
 the materialised safetensors cache, the chat template and the whole pipeline (LoRA SFT, GRPO, evaluation,
 registration, the served champion), with the profile selected in params.yaml so DVC records the run."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,20 @@ TINY_RUN = {
     "grpo": {"max_steps": 1, "prompts_per_step": 1, "num_generations": 2, "logging_steps": 1, "save_steps": 1},
     "evaluate": {"batch_size": 4},
 }
+
+
+@contextlib.contextmanager
+def _mlflow_at(uri: str):
+    """MLflow's tracking and registry at uri for the block (earlier tests may have pointed either elsewhere)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
 
 
 @pytest.fixture(scope="session")
@@ -130,14 +145,11 @@ def test_the_pipeline_on_the_real_weights_from_the_profile(tmp_path, smollm2):
     assert sh(["rewardflow", "run"], repo, env).stdout.count("skipped") == 4  # nothing changed: nothing runs
 
     # the registered champion serves: chat-formatted prompt in, integers out
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    try:
+    with _mlflow_at(f"sqlite:///{repo / 'mlflow.db'}"):
         scorer = mlflow.pyfunc.load_model(f"models:/{profile['register']['model_name']}@champion")
         prompt = json.loads((repo / "data" / "heldout.jsonl").read_text().splitlines()[0])["prompt"]
         [scores] = scorer.predict([prompt])
         assert isinstance(scores, list) and all(isinstance(s, int) for s in scores)
-    finally:
-        mlflow.set_tracking_uri(None)
     shutil.rmtree(repo / "mlartifacts", ignore_errors=True)  # ~1 GB of model copies
 
 
@@ -241,13 +253,10 @@ def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_
         run_evaluate(p, ("grpo",))
     assert sorted(evaluation.rows(pad)) == sorted(list(ids) for ids in expected)
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    try:
+    with _mlflow_at(f"sqlite:///{tmp_path / 'mlflow.db'}"):
         with mlflow.start_run():
             info = log_score_model(Path(p.paths.models_dir) / "grpo", batch_size=4, max_new_tokens=4)
         scorer = mlflow.pyfunc.load_model(info.model_uri)
         with _FedIds() as served:
             scorer.predict([r["prompt"] for r in heldout])
-    finally:
-        mlflow.set_tracking_uri(None)
     assert sorted(served.rows(pad)) == sorted(list(ids) for ids in expected)
