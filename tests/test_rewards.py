@@ -360,3 +360,27 @@ def test_advantages_of_non_finite_or_extreme_rewards_are_finite(rewards):
     assert all(math.isfinite(a) for a in adv)
     if not all(math.isfinite(r) for r in rewards):
         assert adv == [0.0] * len(rewards)  # the group carries no usable comparison
+
+
+def test_every_reward_function_shows_an_example_that_runs_as_a_doctest():
+    """The reward functions' docstrings are their specification by example; pyproject.toml runs them as doctests
+    (`--doctest-modules` over tasks/), so an example that goes wrong fails `make test`."""
+    import doctest
+
+    from tasks import rewards
+
+    functions = {
+        name: f
+        for name, f in inspect.getmembers(rewards, inspect.isfunction)
+        if name.endswith("_reward") and f.__module__ == rewards.__name__
+    }
+    assert {"item_accuracy_reward", "mae_reward", "format_reward", "combined_reward"} <= set(functions)
+    finder = doctest.DocTestFinder()
+    for name, function in functions.items():
+        examples = [e for t in finder.find(function, name, globs=vars(rewards)) for e in t.examples]
+        assert examples, f"tasks/rewards.py {name} has no >>> example in its docstring"
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    options = pyproject["tool"]["pytest"]["ini_options"]
+    assert "--doctest-modules" in options["addopts"].split() and "tasks" in options["testpaths"]
