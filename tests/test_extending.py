@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project import make_repo, set_params, sh
+from project import ROOT, make_repo, set_params, sh
 
 from tasks import dvcfile
 from tasks.rewards import COMPONENTS, Component, RewardConfig, combined_reward, score_completion, structural_ok
 from tasks.stages import STAGES, Stage
-
-pytestmark = pytest.mark.slow
 
 TOY_WEIGHT = 0.1
 
@@ -86,6 +84,7 @@ def extended(tmp_path, monkeypatch):
         yield repo, env
 
 
+@pytest.mark.slow
 def test_the_cli_the_flow_the_statistics_and_mlflow_pick_them_up(extended):
     import mlflow
     from typer.testing import CliRunner
@@ -144,3 +143,18 @@ def test_the_cli_the_flow_the_statistics_and_mlflow_pick_them_up(extended):
     result = runner.invoke(app, ["gain"])
     assert result.exit_code == 0, result.output
     assert json.loads((repo / "reports/gain.json").read_text())["within_1_gain"] == pytest.approx(gain)
+
+
+def test_the_readme_names_every_module_once():
+    """README's "How the code is laid out" has one line per module of tasks/ and flows/, and no line for a module
+    that is gone."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    listed = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+    modules = [
+        f"{path.parent.name}/{path.name}"
+        for folder in ("tasks", "flows")
+        for path in sorted((ROOT / folder).glob("*.py"))
+        if path.name != "__init__.py"
+    ]
+    assert sorted(m for m in listed if m.endswith(".py")) == sorted(modules)
