@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from tasks import registry, tracking
+from tasks import promotion, tracking
 from tasks.config import load_params
 
 
@@ -14,7 +14,7 @@ from tasks.config import load_params
 def promote_flow(version: str, reason: str = "manual promotion", params_file: str = "params.yaml") -> str | None:
     """Alias champion -> `version`; returns the previous champion."""
     name = load_params(params_file).register.model_name
-    previous = registry.promote(tracking.open_client(), name, str(version), reason)
+    previous = promotion.promote(tracking.open_client(), name, str(version), reason)
     message = f"{name}: champion v{previous or 'none'} -> v{version} ({reason})"
     get_run_logger().info(message)
     create_markdown_artifact(key="promotion", markdown=f"# Promotion\n\n{message}\n", description="manual promotion")
@@ -25,7 +25,7 @@ def promote_flow(version: str, reason: str = "manual promotion", params_file: st
 def rollback_flow(reason: str = "manual rollback", params_file: str = "params.yaml") -> tuple[str, str]:
     """Alias champion -> the previous champion; returns (demoted, restored)."""
     name = load_params(params_file).register.model_name
-    demoted, restored = registry.rollback(tracking.open_client(), name, reason)
+    demoted, restored = promotion.rollback(tracking.open_client(), name, reason)
     message = f"{name}: champion rolled back from v{demoted} to v{restored} ({reason})"
     get_run_logger().info(message)
     create_markdown_artifact(key="promotion", markdown=f"# Rollback\n\n{message}\n", description="rollback")

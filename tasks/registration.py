@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import registry
+from tasks import promotion, registry, scorer_package
 from tasks.config import Params
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class RegisterResult:
     version: str
     created: bool
     source_run_id: str
-    decision: registry.Decision | None = None
+    decision: promotion.Decision | None = None
     champion_version: str | None = None
     champion_metrics: dict[str, float] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -68,13 +68,13 @@ def champion_on_heldout(p: Params, heldout_hash: str) -> Callable[[str, dict[str
 def run_register(client: Any, p: Params, run_id: str, source_run_id: str, lineage: dict[str, str]) -> RegisterResult:
     """Register models/grpo unless its training run already has a version; then gate it against the champion.
     `lineage`: the version's lineage tags (hashes, git commit, the `dvc.<path>` md5s it can be rebuilt from).
-    Re-running after a crash anywhere in here finishes the job (registry.register_and_gate)."""
+    Re-running after a crash anywhere in here finishes the job (promotion.register_and_gate)."""
     import mlflow
 
     from tasks.data import read_jsonl
 
     name = p.register.model_name
-    existing = registry.find_version(client, name, source_run_id)
+    existing = promotion.find_version(client, name, source_run_id)
     if existing is not None and existing.tags.get(registry.DECISION_TAG) in registry.FINAL_DECISIONS:
         log.info(
             "register: training run %s is already version %s of %s; nothing to do",
@@ -96,7 +96,7 @@ def run_register(client: Any, p: Params, run_id: str, source_run_id: str, lineag
     model_uri, tags = None, {}
     if existing is None:
         with mlflow.start_run(run_id=run_id):
-            info = registry.log_score_model(
+            info = scorer_package.log_score_model(
                 Path(p.paths.models_dir) / "grpo",
                 batch_size=p.evaluate.batch_size,
                 max_new_tokens=p.evaluate.max_new_tokens,
@@ -104,7 +104,7 @@ def run_register(client: Any, p: Params, run_id: str, source_run_id: str, lineag
             )
         model_uri = info.model_uri
         tags = {**lineage, **{f"metric.{k}": repr(v) for k, v in metrics.items()}}
-    version, decision, champion = registry.register_and_gate(
+    version, decision, champion = promotion.register_and_gate(
         client, name, source_run_id, model_uri, tags, metrics, p.register, champion_of
     )
     if decision is None:  # another process finished it meanwhile

@@ -28,20 +28,9 @@ from project import free_port, tiny_params
 from tasks.config import RegisterConfig
 from tasks.data import generate_rows
 from tasks.metrics import PROMOTABLE
-from tasks.registry import (
-    Decision,
-    ScorePredictor,
-    apply_decision,
-    champion_metrics,
-    decide_promotion,
-    log_score_model,
-    pip_requirements,
-    promote,
-    register_challenger,
-    registry_status,
-    rollback,
-    version_metrics,
-)
+from tasks.promotion import Decision, apply_decision, decide_promotion, promote, register_challenger, rollback
+from tasks.registry import champion_metrics, registry_status, version_metrics
+from tasks.scorer_package import ScorePredictor, log_score_model, pip_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -420,9 +409,10 @@ def test_logged_model_is_self_contained(client, scorer):
     assert scorer.log_seconds < 60
 
 
-def test_versions_logged_as_a_pickle_still_load(client, scorer):
-    """Versions logged before models-from-code hold a cloudpickle of tasks.registry.ScorePredictor (logged here
-    the way they were): they still load and score."""
+def test_versions_logged_as_a_pickle_still_load(client, scorer, monkeypatch):
+    """Versions logged as a cloudpickle name the predictor tasks.registry.ScorePredictor (logged here the way they
+    were, the class under that name): they still load and score."""
+    monkeypatch.setattr(ScorePredictor, "__module__", "tasks.registry")
     checkpoint = Path(mlflow.artifacts.download_artifacts(scorer.model_uri)) / "artifacts" / "model"
     with mlflow.start_run(experiment_id=scorer.experiment_id):
         info = mlflow.pyfunc.log_model(
@@ -433,8 +423,17 @@ def test_versions_logged_as_a_pickle_still_load(client, scorer):
             model_config={"batch_size": BATCH_SIZE, "max_new_tokens": MAX_NEW_TOKENS},
             pip_requirements=pip_requirements(),
         )
-    assert (Path(mlflow.artifacts.download_artifacts(info.model_uri)) / "python_model.pkl").is_file()
+    pickled = Path(mlflow.artifacts.download_artifacts(info.model_uri)) / "python_model.pkl"
+    assert b"tasks.registry" in pickled.read_bytes() and b"tasks.scorer_package" not in pickled.read_bytes()
+    monkeypatch.undo()
     assert mlflow.pyfunc.load_model(info.model_uri).predict(scorer.prompts) == scorer.expected
+
+
+def test_the_predictor_keeps_its_registered_name():
+    """A pickle that names tasks.registry.ScorePredictor (every version logged as a pickle) finds the class."""
+    import pickle
+
+    assert pickle.loads(b"ctasks.registry\nScorePredictor\n.") is ScorePredictor
 
 
 def _promoted_champion(client, scorer, name):

@@ -23,9 +23,10 @@ from mlflow.tracking._model_registry import utils as registry_uri_state
 from mlflow.tracking._tracking_service import utils as tracking_uri_state
 from project import free_port
 
-from tasks import registry, registry_lock, tracking
+from tasks import promotion, registry_lock, tracking
 from tasks.config import RegisterConfig
-from tasks.registry import LOCK_SUFFIX, RegistryBusy, gate_lock, register_and_gate
+from tasks.promotion import register_and_gate
+from tasks.registry_lock import LOCK_SUFFIX, RegistryBusy, gate_lock
 from tasks.tracking import TrackingUnavailable
 
 pytestmark = pytest.mark.slow
@@ -136,8 +137,8 @@ def _do(client, name, op, arg):
         run_id, within_1 = arg.split(":")
         return _register(client, name, run_id, float(within_1))
     if op == "promote":
-        return registry.promote(client, name, arg, "crash test")
-    return registry.rollback(client, name, arg)
+        return promotion.promote(client, name, arg, "crash test")
+    return promotion.rollback(client, name, arg)
 
 
 # A process that runs one registry operation and dies with SIGKILL just before the named registry call (the first
@@ -414,7 +415,7 @@ STALLED_HOLDER = """
 import sys, time
 from pathlib import Path
 from mlflow import MlflowClient
-from tasks import registry, registry_lock
+from tasks import promotion, registry_lock
 registry_lock.LOCK_TTL_S = 1.0
 uri, name, held, go = sys.argv[1:5]
 client = MlflowClient(uri, uri)
@@ -422,7 +423,7 @@ with registry_lock.gate_lock(client, name):
     Path(held).touch()
     while not Path(go).exists():
         time.sleep(0.05)
-    registry.promote(client, name, "2", "from the stalled holder")
+    promotion.promote(client, name, "2", "from the stalled holder")
 """
 
 

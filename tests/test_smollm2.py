@@ -191,7 +191,7 @@ def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_
     from tasks.data import completion_for, read_jsonl
     from tasks.evaluation import run_evaluate
     from tasks.prompts import prompt_ids
-    from tasks.registry import log_score_model
+    from tasks.scorer_package import log_score_model
     from tasks.training import run_grpo, run_sft
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)

@@ -71,7 +71,7 @@ def server(postgres, tmp_path_factory):
 def test_tracking_and_registry_on_a_postgres_backed_server(server, monkeypatch):
     """The pipeline's tracking calls (parent + nested run, per-step metrics) and the registry's gate, promote and
     rollback work unchanged against the team setup: only MLFLOW_TRACKING_URI differs."""
-    from tasks import registry, tracking
+    from tasks import promotion, registry, tracking
     from tasks.config import load_params
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
@@ -92,13 +92,13 @@ def test_tracking_and_registry_on_a_postgres_backed_server(server, monkeypatch):
     for within_1 in (0.70, 0.80):
         run = client.create_run(experiment_id).info.run_id
         tags = {"metric.within_1": repr(within_1)}
-        version, created = registry.register_challenger(client, name, f"runs:/{run}/model", run, tags)
+        version, created = promotion.register_challenger(client, name, f"runs:/{run}/model", run, tags)
         assert created
         champion_version, champion, _ = registry.champion_metrics(client, name)
-        decision = registry.decide_promotion({"within_1": within_1}, champion, p.register, champion_version)
-        registry.apply_decision(client, name, str(version.version), decision)
+        decision = promotion.decide_promotion({"within_1": within_1}, champion, p.register, champion_version)
+        promotion.apply_decision(client, name, str(version.version), decision)
         versions.append(str(version.version))
     assert versions == ["1", "2"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
-    assert registry.rollback(client, name, "test") == ("2", "1")
+    assert promotion.rollback(client, name, "test") == ("2", "1")
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
