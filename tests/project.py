@@ -156,8 +156,9 @@ def grpo_step(p, reward, *, group: int, prompts: int = 1, min_unique_ratio: floa
     from trl import GRPOConfig, GRPOTrainer
 
     from tasks.data import read_jsonl
+    from tasks.grpo_trainer import grpo_trainer_class
     from tasks.modeling import load_base_model
-    from tasks.training import _grpo_trainer_class, device_kwargs
+    from tasks.trainer_setup import device_kwargs
 
     rows = read_jsonl(p.paths.train_file)
     model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
@@ -179,7 +180,7 @@ def grpo_step(p, reward, *, group: int, prompts: int = 1, min_unique_ratio: floa
             seen["trl"] += out["advantages"].tolist()
             return out
 
-    class Recording(_grpo_trainer_class(), TRLAdvantages):  # TRL's step, then the article's rules on top
+    class Recording(grpo_trainer_class(), TRLAdvantages):  # TRL's step, then the article's rules on top
         def _generate_and_score_completions(self, inputs):
             out = super()._generate_and_score_completions(inputs)
             seen["used"] += out["advantages"].tolist()

@@ -22,10 +22,10 @@ import yaml
 from project import copy_params, grpo_step, tiny_params
 
 from tasks import tracking
+from tasks.checkpoints import COMPLETE_MARKER, FINGERPRINT_FILE, Checkpoints, SaveFailed, stage_fingerprint
 from tasks.config import Params, ParamsError, load_params
 from tasks.data import read_jsonl
 from tasks.modeling import build_word_tokenizer, load_base_model, load_pretrained
-from tasks.training import COMPLETE_MARKER, FINGERPRINT_FILE, Checkpoints, SaveFailed, stage_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -69,7 +69,7 @@ def _checkpoint(folder: Path, step: int, marker: dict | None) -> None:
     ],
 )
 def test_resume_point(tmp_path, caplog, folder_fp, found, resumed, left, logged):
-    caplog.set_level(logging.INFO, logger="tasks.training")
+    caplog.set_level(logging.INFO, logger="tasks.checkpoints")
     ckpts = Checkpoints(tmp_path / "models", "sft", "fp", max_steps=100)
     if folder_fp is not None:
         ckpts.dir.mkdir(parents=True)
@@ -118,7 +118,7 @@ def test_non_finite_rewards_in_a_real_grpo_step_are_counted_and_their_groups_get
     """A reward function that returns NaN for one completion and -inf for another, in a real GRPO step of three
     groups: both are counted and logged, their groups get zero advantage, the third group learns, nothing in the
     update is NaN."""
-    caplog.set_level(logging.WARNING, logger="tasks.training")
+    caplog.set_level(logging.WARNING, logger="tasks.grpo_trainer")
     # per completion, by position in the step: group 1 has a NaN, group 2 a -inf, group 3 plain 1/0 rewards
     values = [math.nan, 1, 0, 1] + [0, 1, -math.inf, 1] + [1, 0, 1, 0]
 

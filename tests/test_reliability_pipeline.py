@@ -17,8 +17,8 @@ import pytest
 from project import make_repo, set_params, sh
 from safetensors.numpy import load_file
 
+from tasks.checkpoints import COMPLETE_MARKER
 from tasks.config import load_params
-from tasks.training import COMPLETE_MARKER
 
 pytestmark = pytest.mark.slow
 

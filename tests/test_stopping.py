@@ -13,7 +13,7 @@ import pytest
 import yaml
 from project import make_repo, set_params
 
-from tasks.training import COMPLETE_MARKER
+from tasks.checkpoints import COMPLETE_MARKER
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import torch
 from project import TINY, grpo_step, overrides, tiny_params
 
 from tasks.data import read_jsonl
+from tasks.grpo_trainer import DeadComponentMonitor, group_advantages
 from tasks.metrics import METRICS
 from tasks.modeling import load_base_model, load_pretrained, save_artifact
 from tasks.rewards import COMPONENTS
-from tasks.training import DeadComponentMonitor, group_advantages
 
 
 @pytest.fixture
@@ -286,7 +286,7 @@ def test_fused_lm_head_on_cpu_scores_only_labelled_positions_with_the_same_loss(
     from trl.trainer import utils
     from trl.trainer.utils import add_fused_lm_head
 
-    from tasks.training import score_labelled_positions_only
+    from tasks.trainer_setup import score_labelled_positions_only
 
     p = tiny()
     rows = read_jsonl(p.paths.train_file)

@@ -1,0 +1,170 @@
+"""GRPO's pieces beside TRL: the trainer whose update uses the article's advantages, the per-component reward
+statistics it logs, and the monitor that reports dead reward components and stops a collapsed policy."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+from tasks.reward_funcs import completion_text
+from tasks.rewards import COMPONENTS, RewardConfig, check_diversity, compute_advantages, score_completion
+from tasks.trainer_setup import LogCapture
+
+log = logging.getLogger(__name__)
+
+STATS_PREFIX = "reward_stats/"
+
+
+def component_stats() -> tuple[str, ...]:
+    """What GRPO logs a mean and std of per step, and plots: every reward component, then the combined reward."""
+    return (*COMPONENTS, "combined")
+
+
+
+class DeadComponentMonitor(LogCapture):
+    """The article's diagnostic as a feature: a reward component whose mean stays above `high` or below `low`
+    for `window` consecutive logs gives no signal; it is reported once (warning) and recorded.
+
+    Collapse guard: when at least `collapse_frac` of the groups are low-diversity (fewer than min_unique_ratio of
+    their completions distinct) for `window` consecutive logs, the policy answers every prompt the same way (the
+    "3 3 3 3" reward hack seen with an under-trained SFT model); every advantage is then zero and more steps only
+    cost time, so training stops there with a warning and the reason is recorded."""
+
+    def __init__(self, window: int, low: float, high: float, collapse_frac: float = 1.0, label: str = "grpo") -> None:
+        super().__init__(label)
+        self.window, self.low, self.high, self.collapse_frac = window, low, high, collapse_frac
+        self.history: dict[str, list[float]] = defaultdict(list)
+        self.dead: dict[str, str] = {}
+
+    def on_log(self, step: int, logs: dict[str, Any]) -> None:
+        super().on_log(step, logs)
+        low_diversity = logs.get(f"{STATS_PREFIX}low_diversity_group_frac")
+        if low_diversity is not None and self.stop_reason is None:
+            recent = [*self.history["_low_diversity"], low_diversity][-self.window :]
+            self.history["_low_diversity"] = recent
+            if len(recent) == self.window and all(v >= self.collapse_frac for v in recent):
+                self.stop_reason = (
+                    f"collapsed at step {step}: {recent[-1]:.0%} of groups low-diversity for {self.window} logs "
+                    f"(grpo.collapse_low_diversity_frac {self.collapse_frac})"
+                )
+                log.warning("grpo stopped early: policy %s; its groups carry no advantage", self.stop_reason)
+        for name in COMPONENTS:
+            value = logs.get(f"{STATS_PREFIX}{name}/mean")
+            if value is None:
+                continue
+            recent = [*self.history[name], value][-self.window :]
+            self.history[name] = recent
+            if len(recent) < self.window or name in self.dead:
+                continue
+            if all(v > self.high for v in recent) or all(v < self.low for v in recent):
+                side = f"above {self.high}" if recent[-1] > self.high else f"below {self.low}"
+                self.dead[name] = f"mean {side} for {self.window} logs (last {recent[-1]:.3f}) at step {step}"
+                log.warning("reward component %s is dead: %s; it gives GRPO no signal", name, self.dead[name])
+
+
+def completion_stats(texts: list[str], truths: list[list[int]], config: RewardConfig) -> dict[str, list[float]]:
+    """Per-completion component values, structural failures and perfect answers (the article's components)."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for text, truth in zip(texts, truths, strict=True):
+        for name, value in score_completion(text, truth, config).items():
+            if name != "prediction":
+                out[name].append(value)
+    return out
+
+
+def group_advantages(
+    rewards: list[float], texts: list[str], group_size: int, min_std: float, min_unique_ratio: float
+) -> tuple[list[float], int, int]:
+    """The article's advantages for consecutive groups: compute_advantages (zero when std < min_std),
+    and zero for a group whose completions are less than min_unique_ratio unique.
+    Returns (advantages, zero-std groups, low-diversity groups)."""
+    advantages: list[float] = []
+    zero_std = low_diversity = 0
+    for start in range(0, len(rewards), group_size):
+        group = rewards[start : start + group_size]
+        adv = compute_advantages(group, min_std=min_std)
+        if not any(adv):
+            zero_std += 1
+        if not check_diversity(texts[start : start + group_size], min_unique_ratio):
+            low_diversity += 1
+            adv = [0.0] * len(group)
+        advantages += adv
+    return advantages, zero_std, low_diversity
+
+
+def grpo_trainer_class():
+    from accelerate.utils import gather_object
+    from trl import GRPOTrainer
+
+    class RewardflowGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer whose update uses the article's advantages (tasks.rewards.compute_advantages and
+        check_diversity) instead of TRL's (r - mean) / (std + 1e-4), and logs per-component statistics."""
+
+        def __init__(self, *args, reward_config: RewardConfig, min_std: float, min_unique_ratio: float, **kw):
+            super().__init__(*args, **kw)
+            self.reward_config, self.min_std, self.min_unique_ratio = reward_config, min_std, min_unique_ratio
+            self._last: tuple[Any, list[str]] | None = None
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+            """TRL's generation, with each group's prompt computed once instead of num_generations times (see
+            tasks.sampling); vLLM and multimodal batches go through TRL unchanged."""
+            from tasks.sampling import shared_prefix_generation
+
+            generate = super()._generate_single_turn
+            if self.use_vllm or images is not None or multimodal_fields:
+                return generate(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
+            with shared_prefix_generation(self.accelerator.unwrap_model(self.model_wrapped), num_generations):
+                return generate(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            self._last = (rewards_per_func, [completion_text(c) for c in completions])
+            return rewards_per_func
+
+        def _generate_and_score_completions(self, inputs):
+            import torch
+
+            out = super()._generate_and_score_completions(inputs)
+            rewards_per_func, local_texts = self._last
+            self._last = None
+            mode = "train" if self.model.training else "eval"
+            group = self.num_generations if mode == "train" else self.num_generations_eval
+            # What TRL optimises: the weighted sum of the reward functions, gathered over processes. A NaN or inf
+            # from any function (or a float32 overflow) is counted and logged, not hidden: compute_advantages gives
+            # the completion's whole group zero advantage, so the update stays finite.
+            weighted = rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+            bad = ~torch.isfinite(weighted)
+            rewards = weighted.sum(dim=1).tolist()
+            non_finite = int(bad.any(dim=1).sum())
+            if non_finite:
+                funcs = [name for name, hit in zip(self.reward_func_names, bad.any(dim=0).tolist(), strict=True) if hit]
+                log.warning(
+                    "grpo step %d: %d completion(s) got a non-finite reward (from %s); their groups get zero advantage",
+                    self.state.global_step + 1,
+                    non_finite,
+                    ", ".join(funcs),
+                )
+            texts = gather_object(local_texts)
+            truths = gather_object([list(x["scores"]) for x in inputs])
+            advantages, zero_std, low_div = group_advantages(rewards, texts, group, self.min_std, self.min_unique_ratio)
+            n_local = out["advantages"].size(0)
+            start = self.accelerator.process_index * n_local
+            local = torch.tensor(advantages[start : start + n_local], dtype=out["advantages"].dtype)
+            out["advantages"] = local.to(out["advantages"].device)
+
+            metrics = self._metrics[mode]
+            n_groups = max(1, len(rewards) // group)
+            metrics[f"{STATS_PREFIX}zero_std_group_frac"].append(zero_std / n_groups)
+            metrics[f"{STATS_PREFIX}low_diversity_group_frac"].append(low_div / n_groups)
+            metrics[f"{STATS_PREFIX}non_finite_rewards"].append(float(non_finite))
+            stats = completion_stats(texts, truths, self.reward_config)
+            for name in component_stats():
+                values = torch.tensor(stats[name], dtype=torch.float64)
+                metrics[f"{STATS_PREFIX}{name}/mean"].append(values.mean().item())
+                metrics[f"{STATS_PREFIX}{name}/std"].append(values.std(unbiased=False).item())
+            for name in ("structural_failure", "perfect"):
+                metrics[f"{STATS_PREFIX}{name}_rate"].append(sum(stats[name]) / len(stats[name]))
+            return out
+
+    return RewardflowGRPOTrainer
