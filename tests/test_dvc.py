@@ -11,6 +11,8 @@ from project import make_repo as _make_repo
 from project import set_params as _set_params
 from project import sh as _sh
 
+from tasks.stages import STAGES
+
 pytestmark = pytest.mark.slow
 
 
@@ -24,19 +26,14 @@ def test_rewardflow_run_leaves_dvc_clean_and_reruns_nothing(tmp_path):
     leaves `dvc status` clean with dvc.lock written; run again, it skips every stage."""
     repo, env = _make_repo(tmp_path / "repo", generate=False)
     first = _sh(["rewardflow", "run"], repo, env)
-    assert [line.split()[0] for line in first.stdout.splitlines() if " ran " in f" {line} "] == [
-        "validate",
-        "sft",
-        "grpo",
-        "evaluate",
-    ]
+    assert [line.split()[0] for line in first.stdout.splitlines() if " ran " in f" {line} "] == list(STAGES)
     assert json.loads(_sh(["dvc", "status", "--json"], repo, env).stdout) == {}
     assert _sh(["git", "status", "--porcelain", "data.dvc"], repo, env).stdout == ""  # the pin is unchanged
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"validate", "sft", "grpo", "evaluate"}
+    assert set(lock["stages"]) == set(STAGES)
     second = _sh(["rewardflow", "run"], repo, env)
     stage_rows = [line.split()[:2] for line in second.stdout.splitlines() if line.split()[1:2] == ["skipped"]]
-    assert stage_rows == [[name, "skipped"] for name in ("validate", "sft", "grpo", "evaluate")]
+    assert stage_rows == [[name, "skipped"] for name in STAGES]
     assert "already registered as version 1" in second.stdout
     assert _ran(_sh(["dvc", "repro"], repo, env).stdout) == []  # and DVC agrees
 
@@ -48,7 +45,7 @@ def _ran(output: str) -> list[str]:
 def test_repro_then_noop_then_only_downstream_of_a_change(repo):
     repo, env = repo
     first = _sh(["dvc", "repro"], repo, env)
-    assert _ran(first.stdout) == ["validate", "sft", "grpo", "evaluate"]
+    assert _ran(first.stdout) == list(STAGES)
     report = json.loads((repo / "reports/eval.json").read_text())
     assert set(report) == {"sft", "grpo"} and report["grpo"]["n"] == 16
     assert (repo / "dvc.lock").exists()

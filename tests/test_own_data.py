@@ -16,9 +16,11 @@ import pytest
 import yaml
 from project import ROOT, make_repo, set_params, sh
 
+from tasks.stages import STAGES
+
 pytestmark = pytest.mark.slow
 
-STAGE_NAMES = ("validate", "sft", "grpo", "evaluate")
+STAGE_NAMES = tuple(STAGES)
 # words for scores 0..10, in order: the prompt says each item's score in words
 WORDS = ("zero", "awful", "bad", "poor", "weak", "fair", "okay", "good", "great", "superb", "perfect")
 ITEMS = ("speed", "tone", "fix")
