@@ -6,13 +6,8 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 ARGS ?=
 
-# No network to wait on: telemetry and analytics of every tool off.
-export DO_NOT_TRACK := 1
-export HF_HUB_DISABLE_TELEMETRY := 1
-export DVC_NO_ANALYTICS := 1
-export GX_ANALYTICS_ENABLED := False
-export MLFLOW_DISABLE_TELEMETRY := true
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# No network to wait on: telemetry and analytics of every tool off (the list is tasks/telemetry.py).
+$(foreach setting,$(shell $(PYTHON) tasks/telemetry.py),$(eval export $(setting)))
 
 .PHONY: run test lint install install-smollm2 clean repro ui
 

@@ -3,14 +3,11 @@ Prefect worker starts from prefect.yaml) first sets what every entry point needs
 
 import os
 
+from tasks import telemetry
+
 # No network to wait on: telemetry and analytics off unless the user says otherwise.
+telemetry.turn_off()
 for _var, _value in {
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "False",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # The ephemeral Prefect server took over its default 20 s to start on a cold 2-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     # The library's own loggers show up in Prefect's run logs (UI) as well as the terminal.

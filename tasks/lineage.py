@@ -8,11 +8,10 @@ after running one records it with `dvc commit`, so the repository ends as `dvc r
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from tasks import projectlock
+from tasks import projectlock, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ class Lineage:
     or when params were overridden on the command line, which dvc.lock could not reflect."""
 
     def __init__(self, root: str | Path = ".", overridden: bool = False) -> None:
-        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+        telemetry.turn_off()
         self.root = Path(root)
         self.active = (self.root / ".dvc").is_dir() and (self.root / "dvc.yaml").is_file() and not overridden
         if overridden:

@@ -19,6 +19,8 @@ import mlflow
 import pandas as pd
 from mlflow.models.model import ModelInfo
 
+from tasks import telemetry
+
 log = logging.getLogger(__name__)
 
 # the artifact name, and the folder of the transformers checkpoint inside a logged model: artifacts/model
@@ -37,7 +39,6 @@ OFFLINE_LOGGING_ENV = {
     "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
     "MLFLOW_LOCK_MODEL_DEPENDENCIES": "false",
     "MLFLOW_UV_AUTO_DETECT": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 
 # The logged model's code (models-from-code): it sets a ScorePredictor as the model.
@@ -100,7 +101,8 @@ def _prompts(model_input: Any) -> list[str]:
 
 @contextlib.contextmanager
 def _offline_logging_env() -> Iterator[None]:
-    """Set OFFLINE_LOGGING_ENV for the duration, then restore the caller's environment."""
+    """Set OFFLINE_LOGGING_ENV for the duration, then restore the caller's environment (telemetry stays off)."""
+    telemetry.turn_off()
     saved = {key: os.environ.get(key) for key in OFFLINE_LOGGING_ENV}
     os.environ.update(OFFLINE_LOGGING_ENV)
     try:

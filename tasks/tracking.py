@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tasks import telemetry
 from tasks.config import Params
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ PARENT_TAG = "mlflow.parentRunId"
 # Bounded client behaviour: MLflow's defaults (7 retries, exponential backoff, 120 s timeout) keep a client
 # waiting for minutes on a down server. Users can still override any of these in the environment.
 CLIENT_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
@@ -113,6 +113,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 def open_client(root: str | Path = ".") -> Any:
     """An MlflowClient on the configured tracking store and registry, with bounded retries and timeouts."""
+    telemetry.turn_off()
     for key, value in CLIENT_ENV.items():
         os.environ.setdefault(key, value)
     import mlflow

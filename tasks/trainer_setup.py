@@ -8,10 +8,12 @@ import os
 import warnings
 from typing import Any
 
+from tasks import telemetry
+
 log = logging.getLogger(__name__)
 
 # Local training needs nothing from the network: keep TRL/transformers from trying.
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+telemetry.turn_off()
 os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

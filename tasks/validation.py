@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from tasks import telemetry
 from tasks.config import Params
 from tasks.data import read_jsonl_lines
 
@@ -333,7 +334,7 @@ def validate_files(
 ) -> GateResult:
     """Run the suite on the train (and held-out) file. With out_dir, write the report (REPORT_FILE) and the Data
     Docs (DOCS_DIR) there; without, write nothing (the result is returned)."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    telemetry.turn_off()
     import great_expectations as gx
 
     out = Path(out_dir) if out_dir is not None else None
