@@ -321,7 +321,7 @@ def retrain(
 
 @app.command("serve")
 def serve(
-    cron: Annotated[str, typer.Option(help="schedule (cron, UTC)")] = "0 3 * * 1",
+    cron: Annotated[str | None, typer.Option(help="schedule (cron, UTC); default: prefect.yaml's")] = None,
     interval: Annotated[float, typer.Option(help="fire every N seconds instead of the cron schedule")] = 0,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:

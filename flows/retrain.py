@@ -1,10 +1,10 @@
 """Scheduled retraining: run the pipeline when no registered version was trained on the current data.
 
-`rewardflow serve --cron "0 3 * * 1"` serves this flow (it needs a running Prefect server: `prefect server
-start`); prefect.yaml declares the same deployment for a work pool. A run that finds another pipeline holding the
-checkout (the previous firing still training, a `rewardflow run`, a `dvc repro`) does nothing and ends in the
-state Skipped with the holder in its message; so does a run that finds nothing new. A failed run is reported
-through the notification block of params.yaml `notify` (flows/notify.py).
+`rewardflow serve` serves this flow (it needs a running Prefect server: `prefect server start`) as the deployment
+prefect.yaml declares for a work pool: its name, schedule, description and tags are read from there. A run that
+finds another pipeline holding the checkout (the previous firing still training, a `rewardflow run`, a `dvc repro`)
+does nothing and ends in the state Skipped with the holder in its message; so does a run that finds nothing new. A
+failed run is reported through the notification block of params.yaml `notify` (flows/notify.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger
 from prefect.states import Completed, State
 
@@ -21,8 +22,8 @@ from flows.pipeline import training_pipeline
 from tasks import projectlock, tracking
 from tasks.config import Params, load_params
 
-DEPLOYMENT_NAME = "scheduled-retraining"
-DEFAULT_CRON = "0 3 * * 1"
+# The retraining deployment for a work pool (`prefect deploy`); `rewardflow serve` serves the same one.
+DEPLOYMENT_FILE = Path(__file__).resolve().parents[1] / "prefect.yaml"
 
 
 def nothing_new(p: Params) -> str | None:
@@ -69,14 +70,21 @@ def retraining_flow(params_file: str = "params.yaml", force: bool = False) -> An
         return skipped(f"another pipeline holds this checkout: {busy}")
 
 
-def deployment(cron: str = DEFAULT_CRON, params_file: str = "params.yaml", interval_s: float = 0) -> Any:
-    """The retraining deployment `rewardflow serve` serves: the flow on a cron schedule (UTC), or every
-    `interval_s` seconds when that is set."""
+def declared_deployment() -> dict[str, Any]:
+    """The deployment prefect.yaml declares (name, entrypoint, parameters, schedules, description, tags)."""
+    return yaml.safe_load(DEPLOYMENT_FILE.read_text())["deployments"][0]
+
+
+def deployment(cron: str | None = None, params_file: str = "params.yaml", interval_s: float = 0) -> Any:
+    """The retraining deployment `rewardflow serve` serves: prefect.yaml's, on its cron schedule (UTC) unless `cron`
+    is given, or every `interval_s` seconds when that is set."""
+    declared = declared_deployment()
+    cron = cron or declared["schedules"][0]["cron"]
     schedule = {"interval": timedelta(seconds=interval_s)} if interval_s else {"cron": cron}
     return retraining_flow.to_deployment(
-        name=DEPLOYMENT_NAME,
+        name=declared["name"],
         **schedule,
-        parameters={"params_file": params_file, "force": False},
-        description="Retrain when no registered version was trained on the current data.",
-        tags=["rewardflow"],
+        parameters={**declared["parameters"], "params_file": params_file},
+        description=declared["description"],
+        tags=declared["tags"],
     )

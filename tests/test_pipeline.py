@@ -244,13 +244,13 @@ def test_unreachable_tracking_server_fails_fast_and_trains_nothing(project, monk
 
 
 def test_retraining_deployment_is_served_on_its_cron_schedule(project):
-    """The deployment `rewardflow serve` serves, applied to the harness's Prefect server, has the cron schedule;
-    prefect.yaml declares the same flow and schedule for a work pool."""
+    """The deployment `rewardflow serve` serves, applied to the harness's Prefect server, is the one prefect.yaml
+    declares for a work pool: its flow, name and cron schedule; `--cron` replaces the schedule."""
     from prefect.client.orchestration import get_client
 
-    from flows.retrain import DEFAULT_CRON, deployment
+    from flows.retrain import deployment
 
-    deployment_id = deployment("0 3 * * 1").apply()
+    deployment_id = deployment().apply()
     with get_client(sync_client=True) as prefect:
         served = prefect.read_deployment(deployment_id)
     assert served.name == "scheduled-retraining"
@@ -258,7 +258,10 @@ def test_retraining_deployment_is_served_on_its_cron_schedule(project):
     assert served.parameters == {"params_file": "params.yaml", "force": False}
     declared = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())["deployments"][0]
     assert declared["entrypoint"] == "flows/retrain.py:retraining_flow"
-    assert declared["schedules"][0]["cron"] == DEFAULT_CRON and declared["name"] == served.name
+    assert declared["schedules"][0]["cron"] == "0 3 * * 1" and declared["name"] == served.name
+    with get_client(sync_client=True) as prefect:
+        replaced = prefect.read_deployment(deployment("30 4 * * *").apply())
+    assert [s.schedule.cron for s in replaced.schedules] == ["30 4 * * *"]
 
 
 def test_pipeline_against_a_real_mlflow_server(project, tmp_path, monkeypatch):
