@@ -32,15 +32,11 @@ def nothing_new(p: Params) -> str | None:
     from tasks import registry  # MLflow: imported only by a run that got the checkout
 
     data_hash = tracking.hash_files([p.paths.train_file, p.paths.heldout_file])
-    versions = tracking.open_client().search_model_versions(f"name = '{p.register.model_name}'")
-    gated = [
-        v
-        for v in versions
-        if v.tags.get("data_hash") == data_hash and v.tags.get(registry.DECISION_TAG) in registry.FINAL_DECISIONS
-    ]
+    versions = registry.versions_tagged(tracking.open_client(), p.register.model_name, "data_hash", data_hash)
+    gated = [v for v in versions if registry.decided(v)]
     if not gated:
         return None
-    latest = max(gated, key=lambda v: int(v.version))
+    latest = gated[-1]
     decision = latest.tags[registry.DECISION_TAG]
     return f"data hash {data_hash} is what version {latest.version} was trained on ({decision})"
 

@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from tasks import tracking
+from tasks import registry, tracking
 from tasks.config import load_params
 from tasks.lineage import Lineage
 from tasks.stages import STAGES
@@ -30,16 +30,19 @@ def unchanged_summary(params_file: str = "params.yaml", overrides: Sequence[str]
     pin = ["data.dvc"] if (lineage.root / "data.dvc").is_file() else []  # data changed since its pin: pin it first
     if not all(f.exists() for f in data) or not lineage.all_current([*STAGES, *pin]):
         return None
-    grpo_md5 = tracking.dvc_lock_hashes(lineage.root).get(f"{p.paths.models_dir}/grpo")
+    grpo = f"{p.paths.models_dir}/grpo"
+    grpo_md5 = tracking.dvc_lock_hashes(lineage.root).get(grpo)
+    if not grpo_md5:
+        return None
     try:
-        versions = tracking.open_client(lineage.root).search_model_versions(f"name = '{p.register.model_name}'")
+        client = tracking.open_client(lineage.root)
+        registered = registry.versions_tagged(client, p.register.model_name, f"dvc.{grpo}", grpo_md5)
     except MlflowException:
         return None
-    done = [v for v in versions if grpo_md5 and v.tags.get(f"dvc.{p.paths.models_dir}/grpo") == grpo_md5]
-    done = [v for v in done if "promotion_decision" in v.tags]
+    done = [v for v in registered if registry.decided(v)]
     if not done:
         return None
-    version = str(min(int(v.version) for v in done))
+    version = str(done[0].version)  # the oldest
     return {
         "stages": [(name, "skipped", 0.0) for name in STAGES],
         "metrics": json.loads((Path(p.paths.reports_dir) / "eval.json").read_text()),

@@ -21,14 +21,14 @@ from tasks.registry import (
     CHALLENGER,
     CHAMPION,
     DECISION_TAG,
-    FINAL_DECISIONS,
     alias_version,
     all_versions,
     champion_history,
     champion_metrics,
-    not_found,
+    decided,
     set_alias,
     set_champion_history,
+    versions_tagged,
     wait_ready,
 )
 from tasks.registry_lock import Lock, check_held, gate_lock
@@ -60,12 +60,7 @@ def _locked(client, model_name: str) -> Iterator[Lock]:
 
 def find_version(client, model_name: str, source_run_id: str) -> ModelVersion | None:
     """The version registered from this training run, or None."""
-    try:
-        found = [v for v in all_versions(client, model_name) if v.tags.get("source_run_id") == source_run_id]
-    except MlflowException as err:
-        if not not_found(err):
-            raise
-        found = []
+    found = versions_tagged(client, model_name, "source_run_id", source_run_id)
     return found[0] if found else None
 
 
@@ -233,7 +228,7 @@ def register_and_gate(
             if model_uri is None:
                 raise ValueError(f"{model_name}: run {source_run_id} has no version yet and no model_uri was given")
             mv, _ = register_challenger(client, model_name, model_uri, source_run_id, tags)
-        elif mv.tags.get(DECISION_TAG) in FINAL_DECISIONS:
+        elif decided(mv):
             return str(mv.version), None, None
         else:
             log.warning(

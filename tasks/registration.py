@@ -75,7 +75,7 @@ def run_register(client: Any, p: Params, run_id: str, source_run_id: str, lineag
 
     name = p.register.model_name
     existing = promotion.find_version(client, name, source_run_id)
-    if existing is not None and existing.tags.get(registry.DECISION_TAG) in registry.FINAL_DECISIONS:
+    if existing is not None and registry.decided(existing):
         log.info(
             "register: training run %s is already version %s of %s; nothing to do",
             source_run_id,

@@ -58,6 +58,23 @@ def all_versions(client, model_name: str) -> list[ModelVersion]:
             return sorted(versions, key=lambda v: int(v.version))
 
 
+def versions_tagged(client, model_name: str, tag: str, value: str) -> list[ModelVersion]:
+    """The versions of model_name whose tag `tag` is `value`, oldest first; [] when the model is not registered.
+    A checkpoint is found by the training run it came from (`source_run_id`: the register step) or by its content
+    (`dvc.<path>`, its md5 in dvc.lock: `rewardflow run`'s fast path, before any run exists)."""
+    try:
+        return [v for v in all_versions(client, model_name) if v.tags.get(tag) == value]
+    except MlflowException as err:
+        if not not_found(err):
+            raise
+        return []
+
+
+def decided(version: ModelVersion) -> bool:
+    """Whether the gate is over for this version (its final decision is recorded); if not, a re-run gates it."""
+    return version.tags.get(DECISION_TAG) in FINAL_DECISIONS
+
+
 def alias_version(client, model_name: str, alias: str) -> str | None:
     """The version an alias points to, or None."""
     version = client.get_registered_model(model_name).aliases.get(alias)

@@ -29,7 +29,7 @@ from tasks.config import RegisterConfig
 from tasks.data import generate_rows
 from tasks.metrics import PROMOTABLE
 from tasks.promotion import Decision, apply_decision, decide_promotion, promote, register_challenger, rollback
-from tasks.registry import champion_metrics, registry_status, version_metrics
+from tasks.registry import champion_metrics, decided, registry_status, version_metrics, versions_tagged
 from tasks.scorer_package import ScorePredictor, log_score_model, pip_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -373,6 +373,27 @@ def test_register_challenger_is_idempotent(client, scorer, name):
     # another run is another version, and takes the challenger alias
     v2 = register(client, scorer, name, within_1=0.6)
     assert aliases(client, name) == {"challenger": v2}
+
+
+def test_a_checkpoint_is_found_by_its_training_run_or_its_content(client, scorer, name):
+    """"Is this checkpoint registered?" has one answer: versions_tagged finds it by its training run (the register
+    step) or by its dvc.lock md5 (`rewardflow run`'s fast path), oldest first; decided is true only once the gate's
+    final decision is recorded."""
+    assert versions_tagged(client, name, "source_run_id", "no-such-run") == []  # no registered model yet
+    v1 = register(client, scorer, name, within_1=0.5)
+    v2 = register(client, scorer, name, within_1=0.6)
+    for version in (v2, v1):
+        client.set_model_version_tag(name, version, "dvc.models/grpo", "0123abcd")
+    assert [str(v.version) for v in versions_tagged(client, name, "dvc.models/grpo", "0123abcd")] == [v1, v2]
+    assert versions_tagged(client, name, "dvc.models/grpo", "other") == []
+    run_of_v2 = tags_of(client, name, v2)["source_run_id"]
+    assert [str(v.version) for v in versions_tagged(client, name, "source_run_id", run_of_v2)] == [v2]
+
+    assert not decided(client.get_model_version(name, v1))
+    gate(client, name, v1, CFG)
+    assert decided(client.get_model_version(name, v1)) and not decided(client.get_model_version(name, v2))
+    gate(client, name, v2, CFG)
+    assert decided(client.get_model_version(name, v2))
 
 
 def test_status_of_a_missing_model_says_what_to_do(client):
