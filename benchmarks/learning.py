@@ -15,6 +15,7 @@ The base model is evaluated zero-shot, through its chat template when it has one
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -48,9 +49,8 @@ def consensus_scores(p, heldout: list[dict]) -> dict[str, list[int]] | None:
 
     t = p.task
     train_prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)]
-    shape = (t.n_items, t.min_score, t.max_score)
-    consensus = dict(rater_bias=(0.0, 1.0, 0.0), modifier_rate=t.modifier_rate)
-    rows = generate_rows(t.n_heldout, t.heldout_seed, *shape, exclude=train_prompts, **consensus)
+    consensus = dataclasses.replace(t, rater_bias=(0.0, 1.0, 0.0))
+    rows = generate_rows(t.n_heldout, t.heldout_seed, consensus, exclude=train_prompts)
     if [r["prompt"] for r in rows] != [r["prompt"] for r in heldout]:
         return None
     return {r["prompt"]: r["scores"] for r in rows}

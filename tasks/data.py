@@ -17,7 +17,7 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,23 +76,18 @@ def _aspect_phrase(rng: random.Random, aspect: str, max_words: int, modifier_rat
     return f"{aspect} : {text} .", phrase_sentiment(text.split())
 
 
-def generate_rows(
-    n: int,
-    seed: int,
-    n_items: int = 4,
-    min_score: int = 1,
-    max_score: int = 5,
-    exclude: Iterable[str] = (),
-    rater_bias: Sequence[float] = (0.0, 1.0, 0.0),
-    modifier_rate: float = 0.4,
-) -> list[dict[str, Any]]:
-    """n distinct rows of the embedded task; the same arguments always give the same rows.
+def generate_rows(n: int, seed: int, task: TaskConfig, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """n distinct rows of the embedded task described by `task` (params.yaml's task section; its n_items, score
+    range, rater_bias and modifier_rate: n and seed are given here), none of whose prompts is in `exclude`. The
+    same arguments always give the same rows.
 
-    Each row's scores are one rater's: with probabilities rater_bias = (below, at, above) the rater scores an
+    Each row's scores are one rater's: with probabilities task.rater_bias = (below, at, above) the rater scores an
     aspect one point below, at, or one point above its consensus score (clipped to the range). The prompts do
-    not depend on rater_bias: the raters draw from their own seeded stream. modifier_rate is the probability that
-    a sentiment word carries "very" or "not".
+    not depend on rater_bias: the raters draw from their own seeded stream. task.modifier_rate is the probability
+    that a sentiment word carries "very" or "not".
     """
+    n_items, min_score, max_score = task.n_items, task.min_score, task.max_score
+    rater_bias, modifier_rate = task.rater_bias, task.modifier_rate
     if not 1 <= n_items <= len(ASPECTS):
         raise ValueError(f"the embedded task supports 1..{len(ASPECTS)} items (task.n_items), got {n_items}")
     rng = random.Random(seed)
@@ -141,10 +136,8 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
 
 def generate_dataset(train_file: str | Path, heldout_file: str | Path, task: TaskConfig) -> tuple[Path, Path]:
     """Write the train and held-out files of the embedded task; no held-out prompt appears in train."""
-    shape = (task.n_items, task.min_score, task.max_score)
-    labels = dict(rater_bias=task.rater_bias, modifier_rate=task.modifier_rate)
-    train = generate_rows(task.n_train, task.train_seed, *shape, **labels)
-    heldout = generate_rows(task.n_heldout, task.heldout_seed, *shape, exclude=(r["prompt"] for r in train), **labels)
+    train = generate_rows(task.n_train, task.train_seed, task)
+    heldout = generate_rows(task.n_heldout, task.heldout_seed, task, exclude=(r["prompt"] for r in train))
     return write_jsonl(train_file, train), write_jsonl(heldout_file, heldout)
 
 

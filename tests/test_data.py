@@ -81,15 +81,15 @@ def _recount(row):
 
 
 def test_labels_match_a_recount_of_the_prompt():
-    for row in generate_rows(200, seed=3):
+    for row in generate_rows(200, 3, TASK):
         assert row["scores"] == _recount(row), row["prompt"]
 
 
 def test_rater_bias_moves_labels_off_the_consensus_by_its_probabilities():
     """Labels are one rater's scores: below/at/above the consensus with rater_bias's probabilities, clipped to the
     range; the prompts are the same whatever the raters do."""
-    consensus = generate_rows(3000, seed=5)
-    biased = generate_rows(3000, seed=5, rater_bias=(0.35, 0.3, 0.35))
+    consensus = generate_rows(3000, 5, TASK)
+    biased = generate_rows(3000, 5, replace(TASK, rater_bias=(0.35, 0.3, 0.35)))
     assert [r["prompt"] for r in biased] == [r["prompt"] for r in consensus]
     offsets = {-1: 0, 0: 0, 1: 0}
     for c_row, b_row in zip(consensus, biased, strict=True):
@@ -102,21 +102,21 @@ def test_rater_bias_moves_labels_off_the_consensus_by_its_probabilities():
     for offset, expected in ((-1, 0.35), (0, 0.3), (1, 0.35)):
         assert abs(offsets[offset] / total - expected) < 0.02, offsets
     # deterministic for a seed
-    assert generate_rows(50, seed=5, rater_bias=(0.35, 0.3, 0.35)) == biased[:50]
+    assert generate_rows(50, 5, replace(TASK, rater_bias=(0.35, 0.3, 0.35))) == biased[:50]
 
 
 def test_modifier_rate_zero_leaves_plain_counts():
-    rows = generate_rows(300, seed=4, modifier_rate=0.0)
+    rows = generate_rows(300, 4, replace(TASK, modifier_rate=0.0))
     words = {w for r in rows for w in r["prompt"].split()}
     assert not words & {"very", "not"}
-    assert {"very", "not"} <= {w for r in generate_rows(300, seed=4) for w in r["prompt"].split()}
+    assert {"very", "not"} <= {w for r in generate_rows(300, 4, TASK) for w in r["prompt"].split()}
     for row in rows:  # the label is still the rule's count
         assert row["scores"] == _recount(row), row["prompt"]
 
 
 def test_too_many_items_fails():
     with pytest.raises(ValueError, match="task.n_items"):
-        generate_rows(10, seed=1, n_items=20)
+        generate_rows(10, 1, replace(TASK, n_items=20))
 
 
 @pytest.mark.parametrize(
@@ -198,8 +198,8 @@ def test_with_rater_bias_the_reward_pays_for_the_consensus_not_the_most_frequent
     from tasks.rewards import RewardConfig
 
     bias = (0.35, 0.3, 0.35)
-    consensus = generate_rows(2000, seed=9, modifier_rate=0.0)
-    labelled = generate_rows(2000, seed=9, modifier_rate=0.0, rater_bias=bias)
+    consensus = generate_rows(2000, 9, replace(TASK, modifier_rate=0.0))
+    labelled = generate_rows(2000, 9, replace(TASK, modifier_rate=0.0, rater_bias=bias))
     truths = [r["scores"] for r in labelled]
 
     def metrics(shift):

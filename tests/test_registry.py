@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -79,8 +80,8 @@ def scorer(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("registry")
     p = tiny_params(tmp, *SFT)
     model_dir = run_sft(p)["model_dir"]
-    # two prompts neither split contains
-    prompts = [r["prompt"] for r in generate_rows(2, seed=12345, n_items=p.task.n_items)]
+    # two prompts neither split contains: modifiers in, which the splits' task has none of
+    prompts = [r["prompt"] for r in generate_rows(2, 12345, replace(p.task, modifier_rate=0.4))]
     model, tokenizer = load_pretrained(model_dir)
     expected = [parse_scores(t) for t in generate_greedy(model, tokenizer, prompts, BATCH_SIZE, MAX_NEW_TOKENS)]
 
@@ -376,7 +377,7 @@ def test_register_challenger_is_idempotent(client, scorer, name):
 
 
 def test_a_checkpoint_is_found_by_its_training_run_or_its_content(client, scorer, name):
-    """"Is this checkpoint registered?" has one answer: versions_tagged finds it by its training run (the register
+    """One answer to "is this checkpoint registered?": versions_tagged finds it by its training run (the register
     step) or by its dvc.lock md5 (`rewardflow run`'s fast path), oldest first; decided is true only once the gate's
     final decision is recorded."""
     assert versions_tagged(client, name, "source_run_id", "no-such-run") == []  # no registered model yet
