@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tasks.config import LoraConfig, ModelConfig
+from tasks.training_params import LoraConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 

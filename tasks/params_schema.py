@@ -21,6 +21,12 @@ _CREDENTIAL_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@"
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
+def check(condition: bool, key: str, message: str) -> None:
+    """A section's range check: ValueError "<key> <message>" unless condition (build names the file and section)."""
+    if not condition:
+        raise ValueError(f"{key} {message}")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
