@@ -24,7 +24,9 @@ from tasks.params_schema import check as _check
 from tasks.profiles import PROFILE_KEY, ParamsError, merged_raw, resolve_files
 from tasks.reward_funcs import MODES as REWARD_MODES
 from tasks.rewards import RewardConfig
-from tasks.training_params import GrpoConfig, ModelConfig, SftConfig
+
+# every section is reachable from here, where callers look for them
+from tasks.training_params import GrpoConfig, LoraConfig, ModelConfig, SftConfig  # noqa: F401
 
 # data.pin: what the pipeline does with data files that differ from what their .dvc file pins
 PIN_MODES = ("pin", "refuse")
