@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from tasks.telemetry import TELEMETRY_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "task": {"n_train": 64, "n_heldout": 16},
@@ -69,7 +71,7 @@ def set_params(repo: Path, changes: dict) -> None:
 
 def tool_env() -> dict:
     """The environment for the project's commands (rewardflow, dvc, mlflow, prefect): the virtual env first on PATH."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    return {**os.environ, **TELEMETRY_OFF, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
 
 def make_repo(repo: Path, generate: bool = True):
@@ -241,7 +243,7 @@ def prefect_server(home: Path, seconds: float = 180):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {
         "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **TELEMETRY_OFF,
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
     }
     port = free_port()

@@ -16,6 +16,7 @@ from tasks.data import (
     read_jsonl,
     write_jsonl,
 )
+from tasks.telemetry import TELEMETRY_OFF
 
 TASK = TaskConfig(
     n_items=4,
@@ -171,7 +172,7 @@ def test_generate_recreates_what_data_dvc_pins(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, **TELEMETRY_OFF}
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     shutil.copytree(root / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
     shutil.copy(root / "data.dvc", tmp_path / "data.dvc")

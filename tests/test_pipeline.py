@@ -10,6 +10,8 @@ import pytest
 import yaml
 from project import free_port, make_repo, mlflow_server, set_params, sh
 
+from tasks.telemetry import TELEMETRY_OFF
+
 pytestmark = pytest.mark.slow
 
 
@@ -324,7 +326,7 @@ def test_warm_up_starts_prefect_in_a_thread_that_imports_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {
         "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **TELEMETRY_OFF,
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
