@@ -68,6 +68,11 @@ def retraining_flow(params_file: str = "params.yaml", force: bool = False) -> An
 
 def declared_deployment() -> dict[str, Any]:
     """The deployment prefect.yaml declares (name, entrypoint, parameters, schedules, description, tags)."""
+    if not DEPLOYMENT_FILE.is_file():
+        raise FileNotFoundError(
+            f"{DEPLOYMENT_FILE} is missing: the retraining deployment is declared there. Serve from a rewardflow "
+            "checkout installed with `pip install -e .` (as `make install` does)"
+        )
     return yaml.safe_load(DEPLOYMENT_FILE.read_text())["deployments"][0]
 
 
