@@ -78,7 +78,10 @@ def extended(tmp_path, monkeypatch):
     monkeypatch.setitem(COMPONENTS, "toy", Component("toy", _never, TOY_WEIGHT))
     monkeypatch.setitem(STAGES, "gain", Stage("gain", run_gain, "Stage gain: within_1 of GRPO over SFT."))
     monkeypatch.setattr(dvcfile, "DVC_FILE", repo / "dvc.yaml")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # the default local store; set (not deleted) so that teardown also removes what mlflow.set_tracking_uri and
+    # set_registry_uri put into os.environ during the run
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(var, f"sqlite:///{repo / 'mlflow.db'}")
     monkeypatch.chdir(repo)
     with prefect_test_harness(server_startup_timeout=180):
         yield repo, env

@@ -27,14 +27,18 @@ def harness():
 def project(tmp_path_factory, harness):
     """The project in a temporary repository, as the working directory, with the default local MLflow store."""
     repo, env = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    cwd, saved_uri = Path.cwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # mlflow.set_tracking_uri/set_registry_uri write these into os.environ during a run: restored afterwards
+    uri_vars = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    cwd, saved = Path.cwd(), {var: os.environ.pop(var, None) for var in uri_vars}
     os.chdir(repo)
     try:
         yield repo, env
     finally:
         os.chdir(cwd)
-        if saved_uri is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+        for var, value in saved.items():
+            os.environ.pop(var, None)
+            if value is not None:
+                os.environ[var] = value
 
 
 def _client(repo):
