@@ -22,9 +22,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
-from mlflow.tracking._model_registry import utils as registry_uri_state
-from mlflow.tracking._tracking_service import utils as tracking_uri_state
-from project import free_port, tiny_params
+from project import free_port, tiny_params, use_store
 
 from tasks.config import RegisterConfig
 from tasks.data import generate_rows
@@ -45,28 +43,6 @@ SFT = [
 ]
 BATCH_SIZE, MAX_NEW_TOKENS = 8, 8
 LINEAGE = {"data_hash": "d" * 8, "params_hash": "p" * 8, "git_commit": "c" * 8, "heldout_hash": "h" * 8}
-
-
-@contextlib.contextmanager
-def use_store(uri):
-    """Point MLflow (tracking and registry) at uri, then put back exactly what was there, env vars included:
-    set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI."""
-    saved_env = {var: os.environ.get(var) for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved_tracking, saved_registry = tracking_uri_state._tracking_uri, registry_uri_state._registry_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(saved_tracking)
-        mlflow.set_registry_uri(saved_registry)
-        for var, value in saved_env.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
 
 
 @pytest.fixture(scope="module")

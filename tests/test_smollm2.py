@@ -2,7 +2,6 @@
 the materialised safetensors cache, the chat template and the whole pipeline (LoRA SFT, GRPO, evaluation,
 registration, the served champion), with the profile selected in params.yaml so DVC records the run."""
 
-import contextlib
 import json
 import os
 import shutil
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project import ROOT, make_repo, sh
+from project import ROOT, make_repo, sh, use_store
 
 from tasks.model_sources import SOURCE_MARKER, ModelSourceError, materialise_gguf, package_file
 
@@ -24,20 +23,6 @@ TINY_RUN = {
     "grpo": {"max_steps": 1, "prompts_per_step": 1, "num_generations": 2, "logging_steps": 1, "save_steps": 1},
     "evaluate": {"batch_size": 4},
 }
-
-
-@contextlib.contextmanager
-def _mlflow_at(uri: str):
-    """MLflow's tracking and registry at uri for the block (earlier tests may have pointed either elsewhere)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +130,7 @@ def test_the_pipeline_on_the_real_weights_from_the_profile(tmp_path, smollm2):
     assert sh(["rewardflow", "run"], repo, env).stdout.count("skipped") == 4  # nothing changed: nothing runs
 
     # the registered champion serves: chat-formatted prompt in, integers out
-    with _mlflow_at(f"sqlite:///{repo / 'mlflow.db'}"):
+    with use_store(f"sqlite:///{repo / 'mlflow.db'}"):
         scorer = mlflow.pyfunc.load_model(f"models:/{profile['register']['model_name']}@champion")
         prompt = json.loads((repo / "data" / "heldout.jsonl").read_text().splitlines()[0])["prompt"]
         [scores] = scorer.predict([prompt])
@@ -253,7 +238,7 @@ def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_
         run_evaluate(p, ("grpo",))
     assert sorted(evaluation.rows(pad)) == sorted(list(ids) for ids in expected)
 
-    with _mlflow_at(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+    with use_store(f"sqlite:///{tmp_path / 'mlflow.db'}"):
         with mlflow.start_run():
             info = log_score_model(Path(p.paths.models_dir) / "grpo", batch_size=4, max_new_tokens=4)
         scorer = mlflow.pyfunc.load_model(info.model_uri)
