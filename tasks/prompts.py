@@ -31,8 +31,8 @@ def uses_chat_template(mode: str, tokenizer: Any, source: str) -> bool:
 
 
 def checkpoint_uses_chat_template(model_dir: str | Path) -> bool:
-    """Whether the checkpoint in model_dir was trained on chat-formatted prompts (False for one saved before the
-    choice was recorded, which never used them)."""
+    """Whether the checkpoint in model_dir was trained on chat-formatted prompts (False when its
+    rewardflow_config.json records no choice: plain prompts)."""
     try:
         resolved = json.loads((Path(model_dir) / RESOLVED_CONFIG).read_text())
     except (OSError, ValueError):

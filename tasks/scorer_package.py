@@ -70,7 +70,7 @@ class ScorePredictor(mlflow.pyfunc.PythonModel):
         from tasks.rewards import parse_scores
 
         prompts = _prompts(model_input)
-        # getattr: a predictor unpickled from a version logged before chat templates has no `chat` (plain prompts)
+        # getattr: a predictor unpickled from a version whose class had no `chat` attribute used plain prompts
         chat = getattr(self, "chat", False)
         texts = generate_greedy(self.model, self.tokenizer, prompts, self.batch_size, self.max_new_tokens, chat)
         return [parse_scores(text) for text in texts]
