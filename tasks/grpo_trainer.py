@@ -74,16 +74,21 @@ def completion_stats(texts: list[str], truths: list[list[int]], config: RewardCo
 
 
 def group_advantages(
-    rewards: list[float], texts: list[str], group_size: int, min_std: float, min_unique_ratio: float
+    rewards: list[float],
+    texts: list[str],
+    group_size: int,
+    min_std: float,
+    min_unique_ratio: float,
+    scale: bool = True,
 ) -> tuple[list[float], int, int]:
-    """The article's advantages for consecutive groups: compute_advantages (zero when std < min_std),
-    and zero for a group whose completions are less than min_unique_ratio unique.
+    """The article's advantages for consecutive groups: compute_advantages (zero when std < min_std; divided by
+    the group's std when `scale`), and zero for a group whose completions are less than min_unique_ratio unique.
     Returns (advantages, zero-std groups, low-diversity groups)."""
     advantages: list[float] = []
     zero_std = low_diversity = 0
     for start in range(0, len(rewards), group_size):
         group = rewards[start : start + group_size]
-        adv = compute_advantages(group, min_std=min_std)
+        adv = compute_advantages(group, min_std=min_std, scale=scale)
         if not any(adv):
             zero_std += 1
         if not check_diversity(texts[start : start + group_size], min_unique_ratio):
@@ -101,9 +106,18 @@ def grpo_trainer_class():
         """GRPOTrainer whose update uses the article's advantages (tasks.rewards.compute_advantages and
         check_diversity) instead of TRL's (r - mean) / (std + 1e-4), and logs per-component statistics."""
 
-        def __init__(self, *args, reward_config: RewardConfig, min_std: float, min_unique_ratio: float, **kw):
+        def __init__(
+            self,
+            *args,
+            reward_config: RewardConfig,
+            min_std: float,
+            min_unique_ratio: float,
+            scale_rewards: bool = True,
+            **kw,
+        ):
             super().__init__(*args, **kw)
             self.reward_config, self.min_std, self.min_unique_ratio = reward_config, min_std, min_unique_ratio
+            self.scale_rewards = scale_rewards
             self._last: tuple[Any, list[str]] | None = None
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
@@ -147,7 +161,9 @@ def grpo_trainer_class():
                 )
             texts = gather_object(local_texts)
             truths = gather_object([list(x["scores"]) for x in inputs])
-            advantages, zero_std, low_div = group_advantages(rewards, texts, group, self.min_std, self.min_unique_ratio)
+            advantages, zero_std, low_div = group_advantages(
+                rewards, texts, group, self.min_std, self.min_unique_ratio, self.scale_rewards
+            )
             n_local = out["advantages"].size(0)
             start = self.accelerator.process_index * n_local
             local = torch.tensor(advantages[start : start + n_local], dtype=out["advantages"].dtype)

@@ -273,11 +273,16 @@ def score_completion(text: str, ground_truth: Sequence[int], config: RewardConfi
     }
 
 
-def compute_advantages(rewards: Sequence[float], eps: float = 1e-8, min_std: float = 0.01) -> list[float]:
-    """Group-relative advantages (population std); zeros when there is nothing to learn from.
+def compute_advantages(
+    rewards: Sequence[float], eps: float = 1e-8, min_std: float = 0.01, scale: bool = True
+) -> list[float]:
+    """Group-relative advantages: reward minus the group mean, divided by the group's population std when `scale`
+    (the article's rule; without it, Dr. GRPO's mean-centred rewards); zeros when there is nothing to learn from.
 
     >>> [round(a, 6) for a in compute_advantages([1.0, 0.0])]
     [1.0, -1.0]
+    >>> [round(a, 6) for a in compute_advantages([1.0, 0.0], scale=False)]
+    [0.5, -0.5]
     >>> compute_advantages([0.5, 0.5, 0.5, 0.5])
     [0.0, 0.0, 0.0, 0.0]
     """
@@ -289,7 +294,8 @@ def compute_advantages(rewards: Sequence[float], eps: float = 1e-8, min_std: flo
     # std < min_std: all completions scored (nearly) the same; nothing to learn from this group.
     if std < min_std:
         return [0.0] * int(values.size)
-    return ((values - values.mean()) / (std + eps)).tolist()
+    centred = values - values.mean()
+    return (centred / (std + eps) if scale else centred).tolist()
 
 
 def check_diversity(completions: Sequence[str], min_unique_ratio: float = 0.5) -> bool:

@@ -157,9 +157,13 @@ def run_grpo(p: Params) -> dict[str, Any]:
         top_k=0,
         max_completion_length=p.grpo.max_completion_length,
         learning_rate=p.grpo.learning_rate,
+        lr_scheduler_type=p.grpo.lr_scheduler,
+        warmup_steps=p.grpo.warmup_ratio,
+        loss_type=p.grpo.loss_type,
         beta=p.grpo.beta,
         reward_weights=weights,
-        scale_rewards="group",
+        # TRL's own advantages are replaced by the article's (tasks.grpo_trainer), which scale as grpo.scale_rewards
+        scale_rewards=p.grpo.scale_rewards,
         logging_steps=p.grpo.logging_steps,
         log_completions=False,
         use_vllm=p.grpo.use_vllm,
@@ -180,6 +184,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
         reward_config=p.reward.config,
         min_std=p.grpo.min_std,
         min_unique_ratio=p.grpo.min_unique_ratio,
+        scale_rewards=p.grpo.scale_rewards == "group",
     )
     quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)

@@ -17,6 +17,10 @@ LR_SCHEDULERS = (
     "inverse_sqrt",
 )
 BUILTIN_PREFIX = "builtin:"
+# TRL's GRPO loss aggregations that need no extra settings (GRPOConfig.loss_type)
+GRPO_LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
+# how a group's rewards become advantages: divided by the group's std (the article) or only mean-centred (Dr. GRPO)
+SCALE_REWARDS = ("group", "none")
 CHAT_TEMPLATE_MODES = {True: "on", False: "off", "on": "on", "off": "off", "auto": "auto"}
 
 
@@ -116,6 +120,10 @@ class GrpoConfig:
     temperature: float
     max_completion_length: int
     learning_rate: float
+    lr_scheduler: str
+    warmup_ratio: float
+    loss_type: str
+    scale_rewards: str
     beta: float
     min_std: float
     min_unique_ratio: float
@@ -155,6 +163,22 @@ class GrpoConfig:
         _check(self.temperature > 0, "temperature", f"must be > 0 (got {self.temperature})")
         _check(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
         _check(self.learning_rate > 0, "learning_rate", f"must be > 0 (got {self.learning_rate})")
+        _check(
+            self.lr_scheduler in LR_SCHEDULERS,
+            "lr_scheduler",
+            f"must be one of {', '.join(LR_SCHEDULERS)} (got {self.lr_scheduler!r})",
+        )
+        _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio})")
+        _check(
+            self.loss_type in GRPO_LOSS_TYPES,
+            "loss_type",
+            f"must be one of {', '.join(GRPO_LOSS_TYPES)} (got {self.loss_type!r})",
+        )
+        _check(
+            self.scale_rewards in SCALE_REWARDS,
+            "scale_rewards",
+            f"must be one of {', '.join(SCALE_REWARDS)} (got {self.scale_rewards!r})",
+        )
         _check(self.beta >= 0, "beta", f"must be >= 0 (got {self.beta})")
         _check(self.min_std >= 0, "min_std", f"must be >= 0 (got {self.min_std})")
         _check(0.0 <= self.min_unique_ratio <= 1.0, "min_unique_ratio", "must be in [0, 1]")
