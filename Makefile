@@ -9,7 +9,7 @@ ARGS ?=
 # No network to wait on: telemetry and analytics of every tool off (the list is tasks/telemetry.py).
 $(foreach setting,$(shell $(PYTHON) tasks/telemetry.py),$(eval export $(setting)))
 
-.PHONY: run test lint install install-smollm2 clean repro ui
+.PHONY: run test lint install install-smollm2 clean repro ui sweep
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rewardflow needs Python >= 3.11 (set PYTHON=...)")'
@@ -54,6 +54,12 @@ clean:
 
 repro: $(VENV)/.installed-run
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# The sweep that chose GRPO's defaults (README "Tuning on the validation split"): DVC experiments up to the
+# validation_eval stage, ranked on the validation split. Another grid: make sweep SWEEP="-S grpo.temperature=0.5,0.7"
+SWEEP ?= -S reward.weights.item_accuracy=0.3,0 --seeds 1,2,3
+sweep: $(VENV)/.installed-run
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/rewardflow sweep $(SWEEP)
 
 # The MLflow UI on the project's local store (runs, per-component reward curves, the model registry).
 ui: $(VENV)/.installed-run

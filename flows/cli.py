@@ -319,6 +319,51 @@ def retrain(
     typer.echo(f"skipped: {result['skipped']}" if "skipped" in result else f"retrained: {result['registration']}")
 
 
+@app.command("sweep")
+def sweep(
+    grid: Annotated[
+        list[str], typer.Option("--set", "-S", help="a grid axis, DVC's syntax: grpo.num_generations=4,8 (repeatable)")
+    ],
+    seeds: Annotated[str, typer.Option(help="seeds every setting runs with; the ranking averages over them")] = "1,2,3",
+    metric: Annotated[
+        str | None, typer.Option(help="validation metric to rank on (default register.primary_metric)")
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="experiments run at once (DVC queue workers)")] = 1,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Tune on the validation split: one DVC experiment per grid point and seed (`dvc exp run --queue`, up to the
+    validation_eval stage; the held-out file is never read), ranked by the GRPO model's validation metric."""
+    import json
+
+    from tasks.sweep import SweepError
+    from tasks.sweep import sweep as run_sweep
+
+    p = _load(params, None)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        typer.secho(f"error: --seeds {seeds!r}: expected integers, e.g. 1,2,3", err=True, fg="red")
+        raise typer.Exit(2) from None
+    try:
+        result = run_sweep(Path.cwd(), p, grid, seed_list, metric or p.register.primary_metric, jobs)
+    except SweepError as err:
+        typer.secho(f"error: {err}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    out = Path(p.paths.reports_dir) / "sweep.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    typer.echo(f"{result['metric']}, best first:\n{result['table']}\n(written to {out}; `dvc exp show` has them all)")
+    if result["settings"]:
+        typer.echo("best: " + " ".join(f"-S {o}" for o in result["settings"][0]["overrides"]))
+    if result["failed"]:
+        typer.secho(
+            f"{len(result['failed'])} experiment(s) failed: {', '.join(result['failed'])} (`dvc queue logs NAME`)",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(1)
+
+
 @app.command("serve")
 def serve(
     cron: Annotated[str | None, typer.Option(help="schedule (cron, UTC); default: prefect.yaml's")] = None,
