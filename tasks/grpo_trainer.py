@@ -112,12 +112,12 @@ def grpo_trainer_class():
             reward_config: RewardConfig,
             min_std: float,
             min_unique_ratio: float,
-            scale_rewards: bool = True,
+            std_scaled: bool = True,
             **kw,
         ):
             super().__init__(*args, **kw)
             self.reward_config, self.min_std, self.min_unique_ratio = reward_config, min_std, min_unique_ratio
-            self.scale_rewards = scale_rewards
+            self.std_scaled = std_scaled
             self._last: tuple[Any, list[str]] | None = None
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
@@ -162,7 +162,7 @@ def grpo_trainer_class():
             texts = gather_object(local_texts)
             truths = gather_object([list(x["scores"]) for x in inputs])
             advantages, zero_std, low_div = group_advantages(
-                rewards, texts, group, self.min_std, self.min_unique_ratio, self.scale_rewards
+                rewards, texts, group, self.min_std, self.min_unique_ratio, self.std_scaled
             )
             n_local = out["advantages"].size(0)
             start = self.accelerator.process_index * n_local

@@ -184,7 +184,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
         reward_config=p.reward.config,
         min_std=p.grpo.min_std,
         min_unique_ratio=p.grpo.min_unique_ratio,
-        scale_rewards=p.grpo.scale_rewards == "group",
+        std_scaled=p.grpo.scale_rewards == "group",
     )
     quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
