@@ -58,7 +58,7 @@ def test_repro_then_noop_then_only_downstream_of_a_change(repo):
     # a GRPO-only param change re-runs grpo and what follows, not validate or sft
     _set_params(repo, {"grpo": {"temperature": 0.9}})
     third = _sh(["dvc", "repro"], repo, env)
-    assert _ran(third.stdout) == ["grpo", "evaluate"]
+    assert _ran(third.stdout) == ["grpo", "evaluate", "validation_eval"]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["grpo"]["params"]["params.yaml"]["grpo"]["temperature"] == 0.9
 
@@ -94,7 +94,9 @@ def test_push_and_pull_through_the_default_local_remote(repo):
 
 def test_reward_weight_experiment(repo):
     """The article's "don't trust the default weights", the DVC way: an experiment with another weight runs
-    only the stages the reward feeds, and `dvc exp show` lists its held-out metrics beside the baseline."""
+    only the stages the reward feeds, and `dvc exp show` lists its held-out and validation metrics beside the
+    baseline's, each under its file. A sweep queued with the target validation_eval tunes on the validation split
+    alone: it never runs evaluate, so the held-out numbers of its experiments are the baseline's."""
     repo, env = repo
     _sh(["git", "checkout", "-q", "--", "data.dvc", "params.yaml"], repo, env)
     _sh(["dvc", "checkout", "-q"], repo, env, check=False)
@@ -102,19 +104,36 @@ def test_reward_weight_experiment(repo):
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], repo, env)
     run = _sh(["dvc", "exp", "run", "-n", "em05", "-S", "reward.weights.item_accuracy=0.5"], repo, env)
-    assert _ran(run.stdout) == ["grpo", "evaluate"]
+    assert _ran(run.stdout) == ["grpo", "evaluate", "validation_eval"]
     table = _sh(["dvc", "exp", "show", "--csv"], repo, env).stdout
     header, *rows = csv.reader(io.StringIO(table))
-    weight, mae = header.index("reward.weights.item_accuracy"), header.index("grpo.mae")
+    weight, mae = header.index("reward.weights.item_accuracy"), header.index("reports/eval.json:grpo.mae")
+    val_mae = header.index("reports/validation_eval.json:grpo.mae")
     exp_row = next(r for r in rows if r[0] == "em05")
-    assert float(exp_row[weight]) == 0.5 and float(exp_row[mae]) >= 0.0
+    assert float(exp_row[weight]) == 0.5 and float(exp_row[mae]) >= 0.0 and float(exp_row[val_mae]) >= 0.0
 
-    # a queued sweep: two more weights, run by DVC's queue worker, compared side by side
-    for weight in (0.1, 0.7):
-        _sh(["dvc", "exp", "run", "--queue", "-S", f"reward.weights.item_accuracy={weight}"], repo, env)
+    # a queued sweep on the validation split from the baseline: two more weights, run by DVC's queue worker,
+    # compared side by side
+    _sh(["git", "checkout", "-q", "--", "params.yaml", "dvc.lock"], repo, env)
+    _sh(["dvc", "checkout", "-q"], repo, env)
+    for value in (0.1, 0.7):
+        queued = ["dvc", "exp", "run", "--queue", "-S", f"reward.weights.item_accuracy={value}", "validation_eval"]
+        _sh(queued, repo, env)
     _sh(["dvc", "exp", "run", "--run-all", "-j", "1"], repo, env)
     header, *rows = csv.reader(io.StringIO(_sh(["dvc", "exp", "show", "--csv"], repo, env).stdout))
     state, weight = header.index("State"), header.index("reward.weights.item_accuracy")
+    heldout = [i for i, name in enumerate(header) if name.startswith("reports/eval.json:")]
+    val_n = header.index("reports/validation_eval.json:grpo.n")
+    baseline = next(r for r in rows if r[header.index("typ")] == "baseline")
     swept = {float(r[weight]): r for r in rows if r[state] == "Success"}
     assert {0.1, 0.7} <= set(swept)
-    assert all(float(swept[w][mae]) >= 0.0 for w in (0.1, 0.7))
+    base_weight = float(baseline[weight])
+    for value in (0.1, 0.7):
+        assert float(swept[value][val_mae]) >= 0.0 and float(swept[value][val_n]) == 16
+        assert [swept[value][i] for i in heldout] == [baseline[i] for i in heldout]
+        # the experiment's dvc.lock: validation_eval ran with the swept weight, evaluate is the baseline's record
+        rev = swept[value][header.index("rev")]
+        lock = yaml.safe_load(_sh(["git", "show", f"{rev}:dvc.lock"], repo, env).stdout)["stages"]
+        stages = ("validation_eval", "grpo", "evaluate")
+        weights = {s: lock[s]["params"]["params.yaml"]["reward"]["weights"]["item_accuracy"] for s in stages}
+        assert (weights["validation_eval"], weights["grpo"], weights["evaluate"]) == (value, value, base_weight)
