@@ -179,7 +179,8 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataFileError(
-            f"{path}: file not found (run `rewardflow data generate` or point paths.* in params.yaml at your data)"
+            f"{path}: file not found (the embedded task: `rewardflow data generate`; your data: point paths.* in "
+            "params.yaml at your files, or carve a validation split from train with `rewardflow data split`)"
         ) from None
     except IsADirectoryError:
         raise DataFileError(f"{path}: is a directory, expected a .jsonl file") from None
