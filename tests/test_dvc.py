@@ -93,47 +93,38 @@ def test_push_and_pull_through_the_default_local_remote(repo):
 
 
 def test_reward_weight_experiment(repo):
-    """The article's "don't trust the default weights", the DVC way: an experiment with another weight runs
-    only the stages the reward feeds, and `dvc exp show` lists its held-out and validation metrics beside the
-    baseline's, each under its file. A sweep queued with the target validation_eval tunes on the validation split
-    alone: it never runs evaluate, so the held-out numbers of its experiments are the baseline's."""
+    """The article's "don't trust the default weights", the DVC way, tuned on the validation split: experiments
+    with the target validation_eval run only the stages the reward feeds up to the validation metrics, never
+    evaluate, and `dvc exp show` lists each experiment's metrics under their file, the held-out ones still the
+    baseline's. A queued sweep does the same through DVC's queue worker."""
     repo, env = repo
     _sh(["git", "checkout", "-q", "--", "data.dvc", "params.yaml"], repo, env)
     _sh(["dvc", "checkout", "-q"], repo, env, check=False)
     _sh(["dvc", "repro"], repo, env)
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], repo, env)
-    run = _sh(["dvc", "exp", "run", "-n", "em05", "-S", "reward.weights.item_accuracy=0.5"], repo, env)
-    assert _ran(run.stdout) == ["grpo", "evaluate", "validation_eval"]
-    table = _sh(["dvc", "exp", "show", "--csv"], repo, env).stdout
-    header, *rows = csv.reader(io.StringIO(table))
-    weight, mae = header.index("reward.weights.item_accuracy"), header.index("reports/eval.json:grpo.mae")
-    val_mae = header.index("reports/validation_eval.json:grpo.mae")
-    exp_row = next(r for r in rows if r[0] == "em05")
-    assert float(exp_row[weight]) == 0.5 and float(exp_row[mae]) >= 0.0 and float(exp_row[val_mae]) >= 0.0
-
-    # a queued sweep on the validation split from the baseline: two more weights, run by DVC's queue worker,
-    # compared side by side
-    _sh(["git", "checkout", "-q", "--", "params.yaml", "dvc.lock"], repo, env)
-    _sh(["dvc", "checkout", "-q"], repo, env)
+    sweep = ["dvc", "exp", "run", "-S", "reward.weights.item_accuracy=0.5", "validation_eval"]
+    run = _sh([*sweep[:3], "-n", "em05", *sweep[3:]], repo, env)
+    assert _ran(run.stdout) == ["grpo", "validation_eval"]
     for value in (0.1, 0.7):
         queued = ["dvc", "exp", "run", "--queue", "-S", f"reward.weights.item_accuracy={value}", "validation_eval"]
         _sh(queued, repo, env)
     _sh(["dvc", "exp", "run", "--run-all", "-j", "1"], repo, env)
+
     header, *rows = csv.reader(io.StringIO(_sh(["dvc", "exp", "show", "--csv"], repo, env).stdout))
-    state, weight = header.index("State"), header.index("reward.weights.item_accuracy")
-    heldout = [i for i, name in enumerate(header) if name.startswith("reports/eval.json:")]
+    weight, rev = header.index("reward.weights.item_accuracy"), header.index("rev")
+    val_mae = header.index("reports/validation_eval.json:grpo.mae")
     val_n = header.index("reports/validation_eval.json:grpo.n")
-    baseline = next(r for r in rows if r[header.index("typ")] == "baseline")
-    swept = {float(r[weight]): r for r in rows if r[state] == "Success"}
-    assert {0.1, 0.7} <= set(swept)
-    base_weight = float(baseline[weight])
-    for value in (0.1, 0.7):
+    heldout = [i for i, name in enumerate(header) if name.startswith("reports/eval.json:")]
+    assert "reports/eval.json:grpo.within_1" in [header[i] for i in heldout]
+    baseline = next(r for r in rows if r[header.index("typ")] == "baseline" and r[rev] != "workspace")
+    swept = {float(r[weight]): r for r in rows if r[0] == "em05" or r[header.index("State")] == "Success"}
+    assert {0.1, 0.5, 0.7} <= set(swept)
+    for value in (0.1, 0.5, 0.7):
         assert float(swept[value][val_mae]) >= 0.0 and float(swept[value][val_n]) == 16
         assert [swept[value][i] for i in heldout] == [baseline[i] for i in heldout]
-        # the experiment's dvc.lock: validation_eval ran with the swept weight, evaluate is the baseline's record
-        rev = swept[value][header.index("rev")]
-        lock = yaml.safe_load(_sh(["git", "show", f"{rev}:dvc.lock"], repo, env).stdout)["stages"]
-        stages = ("validation_eval", "grpo", "evaluate")
-        weights = {s: lock[s]["params"]["params.yaml"]["reward"]["weights"]["item_accuracy"] for s in stages}
-        assert (weights["validation_eval"], weights["grpo"], weights["evaluate"]) == (value, value, base_weight)
+        # the experiment's dvc.lock: grpo and validation_eval ran with the swept weight; evaluate is the baseline's
+        lock = yaml.safe_load(_sh(["git", "show", f"{swept[value][rev]}:dvc.lock"], repo, env).stdout)["stages"]
+        stages = ("grpo", "validation_eval", "evaluate")
+        weights = [lock[s]["params"]["params.yaml"]["reward"]["weights"]["item_accuracy"] for s in stages]
+        assert weights == [value, value, float(baseline[weight])]
