@@ -93,8 +93,8 @@ def data_generate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
     """Write the embedded task's train, held-out and validation files (deterministic: same seeds, same bytes)."""
     p = _load(params, set_)
     written = generate_dataset(p.paths, p.task)
-    counts = {"train": p.task.n_train, "heldout": p.task.n_heldout, "validation": p.task.n_validation}
-    typer.echo("wrote " + ", ".join(f"{path} ({counts[split]} rows)" for split, path in written.items()))
+    rows = {split: getattr(p.task, f"n_{split}") for split in written}  # task.n_train, n_heldout, n_validation
+    typer.echo("wrote " + ", ".join(f"{path} ({rows[split]} rows)" for split, path in written.items()))
 
 
 @data_app.command("split")
