@@ -91,13 +91,14 @@ def main() -> None:
         paths = [
             f"paths.train_file={work}/data/train.jsonl",
             f"paths.heldout_file={work}/data/heldout.jsonl",
+            f"paths.validation_file={work}/data/validation.jsonl",
             f"paths.models_dir={work}/models",
             f"paths.reports_dir={work}/reports",
             "task.n_train=2000",
             "task.n_heldout=200",
         ]
         p = load_params(args.params, paths)
-        generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
+        generate_dataset(p.paths, p.task)
         prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)]
         base = build_stand_in(work / "base", prompts, SMOKE if args.smoke else QWEN25_05B)
         steps = [f"sft.max_steps={args.sft_steps}", f"grpo.max_steps={args.grpo_steps}", "grpo.use_vllm=false"]

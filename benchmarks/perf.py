@@ -53,6 +53,7 @@ def _params(workdir: Path, *overrides: str, params_file: str = "params.yaml"):
     base = [
         f"paths.train_file={workdir}/data/train.jsonl",
         f"paths.heldout_file={workdir}/data/heldout.jsonl",
+        f"paths.validation_file={workdir}/data/validation.jsonl",
         f"paths.models_dir={workdir}/models",
         f"paths.reports_dir={workdir}/reports",
     ]
@@ -210,7 +211,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rewardflow-perf-") as tmp:
         workdir = Path(tmp)
         p = _params(workdir)
-        generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
+        generate_dataset(p.paths, p.task)
 
         # 1. SFT
         trl_step, runtimes = sft_trl_step(workdir, short, long)

@@ -81,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rewardflow-perf-135m-") as tmp:
         workdir = Path(tmp)
         p = _params(workdir, params_file=PROFILE)
-        generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
+        generate_dataset(p.paths, p.task)
         model, tokenizer = load_base_model(p.model, [], p.seed)
         n_params = model.num_parameters()
         del model

@@ -13,7 +13,7 @@ import yaml
 from typer.core import TyperGroup
 
 from flows import stopping
-from tasks.config import ParamsError, load_params
+from tasks.config import DATA_SPLITS, ParamsError, load_params
 from tasks.data import DataFileError, generate_dataset
 from tasks.stages import STAGES
 from tasks.validation import ValidationFailed
@@ -51,7 +51,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="The embedded data set.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="The data files: the embedded data set, and a validation split carved from train.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
@@ -88,10 +90,42 @@ def _main(ctx: typer.Context, verbose: Annotated[bool, typer.Option("--verbose",
 
 @data_app.command("generate")
 def data_generate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Write the embedded task's train and held-out files (deterministic: same seeds, same bytes)."""
+    """Write the embedded task's train, held-out and validation files (deterministic: same seeds, same bytes)."""
     p = _load(params, set_)
-    train, heldout = generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
-    typer.echo(f"wrote {train} ({p.task.n_train} rows) and {heldout} ({p.task.n_heldout} rows)")
+    written = generate_dataset(p.paths, p.task)
+    rows = {split: getattr(p.task, f"n_{split}") for split in written}  # task.n_train, n_heldout, n_validation
+    typer.echo("wrote " + ", ".join(f"{path} ({rows[split]} rows)" for split, path in written.items()))
+
+
+@data_app.command("split")
+def data_split(
+    fraction: Annotated[
+        float, typer.Option(help="share of the train rows to move, in (0, 0.5]; chosen by a hash of the prompt")
+    ] = 0.05,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing validation file")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Carve a validation split out of your train file: move the rows whose prompt's sha256 falls below the fraction
+    from paths.train_file into paths.validation_file (a row's split never depends on row order or on rows added
+    later). Refuses, writing nothing, when the validation file exists (unless --force)."""
+    from tasks.splits import SplitRefused, carve_validation
+
+    p = _load(params, set_)
+    try:
+        carved = carve_validation(p.paths, fraction, force)
+    except SplitRefused as err:
+        typer.secho(f"error: {err}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    except DataFileError as err:
+        typer.secho(f"error: {err}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    replaced = " (replaced)" if carved.replaced else ""
+    typer.echo(
+        f"moved {carved.moved} of {carved.moved + carved.kept} rows from {carved.train_file} to "
+        f"{carved.validation_file}{replaced}; {carved.kept} rows stay in train. The next `rewardflow run` pins the "
+        f"new files in data.dvc (or `dvc add {p.paths.data_dir}` now); commit data.dvc afterwards"
+    )
 
 
 @app.command("params")
@@ -113,7 +147,8 @@ def _run_stage(name: str, params: Path, set_: list[str] | None) -> None:
 @app.command("validate")
 def validate(
     paths: Annotated[
-        list[Path] | None, typer.Argument(help="files to check instead of the configured ones: train, then held-out")
+        list[Path] | None,
+        typer.Argument(help="files to check instead of the configured ones: train, then held-out, then validation"),
     ] = None,
     out: Annotated[
         Path | None,
@@ -128,9 +163,9 @@ def validate(
     from tasks.validation import validate_files
 
     p = _load(params, set_)
-    files = list(paths or [p.paths.train_file, p.paths.heldout_file])
-    if len(files) > 2:
-        typer.secho("error: give at most two files: train, then held-out", err=True, fg="red")
+    files = list(paths or p.paths.data_files().values())
+    if len(files) > len(DATA_SPLITS):
+        typer.secho("error: give at most three files: train, then held-out, then validation", err=True, fg="red")
         raise typer.Exit(2)
     reports = Path(p.paths.reports_dir)
     is_stage = not paths and out is None
@@ -143,7 +178,8 @@ def validate(
         )
         raise typer.Exit(2)
     try:
-        gate = validate_files(files[0], files[1] if len(files) > 1 else None, p, reports if is_stage else out)
+        train, heldout, validation = files + [None] * (len(DATA_SPLITS) - len(files))
+        gate = validate_files(train, heldout, p, reports if is_stage else out, validation)
     except DataFileError as err:
         typer.secho(f"invalid: {err}", err=True, fg="red")
         raise typer.Exit(1) from None
@@ -152,13 +188,14 @@ def validate(
 
 
 def _print_summary(summary: dict, seconds: float) -> None:
-    typer.echo("\nstage      status                    time")
+    w = max(10, *(len(name) for name, _, _ in summary["stages"]))
+    typer.echo(f"\n{'stage':<{w}} status                    time")
     for name, status, stage_seconds in summary["stages"]:
-        typer.echo(f"{name:<10} {status:<24} {stage_seconds:6.1f}s")
-    typer.echo(f"{'register':<10} {summary['registration']}")
+        typer.echo(f"{name:<{w}} {status:<24} {stage_seconds:6.1f}s")
+    typer.echo(f"{'register':<{w}} {summary['registration']}")
     for key in ("data", "dvc_push"):
         if summary.get(key):
-            typer.echo(f"{key:<10} {summary[key]}")
+            typer.echo(f"{key:<{w}} {summary[key]}")
     from tasks.metrics import SHOWN
 
     width = {k: max(len(k), 8) for k in SHOWN}
@@ -185,8 +222,8 @@ def run(
         bool, typer.Option("--always-flow", help="start the Prefect flow (and record a run) even when nothing changed")
     ] = False,
 ) -> None:
-    """Run the pipeline flow: validate, sft, grpo, evaluate, register. Stages DVC sees as up to date are skipped;
-    when nothing changed at all, no flow starts."""
+    """Run the pipeline flow: validate, sft, grpo, evaluate, validation_eval, register. Stages DVC sees as up to
+    date are skipped; when nothing changed at all, no flow starts."""
     import time
 
     _load(params, set_)  # a bad params file fails here, before any server starts

@@ -1,4 +1,4 @@
-"""The training pipeline flow: validate -> sft -> grpo -> evaluate -> register, tracked in MLflow.
+"""The training pipeline flow: validate -> sft -> grpo -> evaluate -> validation_eval -> register, tracked in MLflow.
 
 The run holds the project's DVC lock throughout (tasks/projectlock: one pipeline at a time per checkout) and pins
 the data before any stage (tasks/pinning). A stage DVC sees as up to date (same data, params section, code and
@@ -117,14 +117,17 @@ class StageResult:
 
 @task(cache_policy=NO_CACHE)
 def prepare_data(p: Params, lineage: Lineage) -> str:
-    """The embedded task's files when the configured ones are missing (deterministic, pinned by data.dvc)."""
-    if Path(p.paths.train_file).exists() and Path(p.paths.heldout_file).exists():
-        return "present"
-    from tasks.data import generate_dataset
+    """The embedded task's files where the configured ones are missing (deterministic, pinned by data.dvc): all of
+    them on a fresh clone, or only the validation split beside the embedded train and held-out files. A missing
+    file beside data of another task fails naming it and what to do (tasks/splits.py), writing nothing."""
+    from tasks.splits import complete_embedded
 
-    generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
+    written = complete_embedded(p.paths, p.task)
+    if not written:
+        return "present"
     lineage.pin_generated_data()
-    get_run_logger().info("generated the embedded data set: %s, %s", p.paths.train_file, p.paths.heldout_file)
+    files = p.paths.data_files()
+    get_run_logger().info("generated the embedded data set's %s", ", ".join(files[split] for split in written))
     return "generated"
 
 
@@ -273,7 +276,7 @@ def tracked_pipeline(p: Params, lineage: Lineage, data_pin: pinning.DataPin) -> 
     tags = {
         "git_commit": tracking.git_commit(root),
         "params_hash": tracking.params_hash(p),
-        "data_hash": tracking.hash_files([p.paths.train_file, p.paths.heldout_file]),
+        "data_hash": tracking.hash_files(p.paths.data_files().values()),
         "heldout_hash": tracking.hash_files([p.paths.heldout_file]),
         "data_pin": data_pin.message,
     }
@@ -299,7 +302,8 @@ def _flow_run_label() -> str:
 
 @flow(name="rewardflow-pipeline", **stopping.FLOW_HOOKS)  # a stop signal: Cancelled, and cleaned up
 def training_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
-    """validate -> sft -> grpo -> evaluate -> register, each skipped when DVC says it is up to date."""
+    """The stages of tasks/stages.py (validate -> sft -> grpo -> evaluate -> validation_eval), each skipped when DVC
+    says it is up to date, then register."""
     p = load_params(params_file, overrides or ())
     lineage = Lineage.for_params(params_file, overrides)
     with projectlock.hold(lineage.root, _flow_run_label()):

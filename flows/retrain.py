@@ -31,7 +31,7 @@ def nothing_new(p: Params) -> str | None:
     or kept out), or None. A version whose gate never finished does not count: the pipeline finishes it."""
     from tasks import registry  # MLflow: imported only by a run that got the checkout
 
-    data_hash = tracking.hash_files([p.paths.train_file, p.paths.heldout_file])
+    data_hash = tracking.hash_files(p.paths.data_files().values())
     versions = registry.versions_tagged(tracking.open_client(), p.register.model_name, "data_hash", data_hash)
     gated = [v for v in versions if registry.decided(v)]
     if not gated:

@@ -26,7 +26,7 @@ def unchanged_summary(params_file: str = "params.yaml", overrides: Sequence[str]
 
     p = load_params(params_file, overrides or ())
     lineage = Lineage.for_params(params_file, overrides)
-    data = (Path(p.paths.train_file), Path(p.paths.heldout_file))
+    data = [Path(f) for f in p.paths.data_files().values()]
     pin = ["data.dvc"] if (lineage.root / "data.dvc").is_file() else []  # data changed since its pin: pin it first
     if not all(f.exists() for f in data) or not lineage.all_current([*STAGES, *pin]):
         return None

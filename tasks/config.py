@@ -34,17 +34,35 @@ PIN_MODES = ("pin", "refuse")
 MAX_BUILTIN_SCORES = 1000
 
 
+# The data splits, in the order the data gate reads them; split X is the file paths.X_file. train trains, validation
+# is for tuning (sweeps select on it), heldout is the untouched test set of reports/eval.json and the promotion gate.
+DATA_SPLITS = ("train", "heldout", "validation")
+
+
 @dataclass(frozen=True)
 class PathsConfig:
     data_dir: str
     train_file: str
     heldout_file: str
+    validation_file: str
     models_dir: str
     reports_dir: str
 
     def __post_init__(self) -> None:
         for key, value in dataclasses.asdict(self).items():
             _check(bool(value.strip()), key, "must not be empty")
+        files = self.data_files()
+        for i, split in enumerate(DATA_SPLITS):
+            for other in DATA_SPLITS[:i]:
+                _check(
+                    Path(files[split]) != Path(files[other]),
+                    f"{split}_file",
+                    f"must differ from {other}_file (both {files[split]!r}): each split is a file of its own",
+                )
+
+    def data_files(self) -> dict[str, str]:
+        """The data files by split (DATA_SPLITS order): what the data gate checks and data.dvc pins."""
+        return {split: getattr(self, f"{split}_file") for split in DATA_SPLITS}
 
 
 @dataclass(frozen=True)
@@ -54,8 +72,10 @@ class TaskConfig:
     max_score: int
     n_train: int
     n_heldout: int
+    n_validation: int
     train_seed: int
     heldout_seed: int
+    validation_seed: int
     # Probabilities that a label's rater scores one point below / at / one above the review's consensus score.
     rater_bias: tuple[float, ...]
     # Probability that a sentiment word carries a modifier ("very" doubles it, "not" flips it).
@@ -74,7 +94,13 @@ class TaskConfig:
         _check(self.max_score > self.min_score, "max_score", "must be greater than min_score")
         _check(self.n_train >= 1, "n_train", f"must be >= 1 (got {self.n_train})")
         _check(self.n_heldout >= 1, "n_heldout", f"must be >= 1 (got {self.n_heldout})")
+        _check(self.n_validation >= 1, "n_validation", f"must be >= 1 (got {self.n_validation})")
         _check(self.train_seed != self.heldout_seed, "heldout_seed", "must differ from train_seed")
+        _check(
+            self.validation_seed not in (self.train_seed, self.heldout_seed),
+            "validation_seed",
+            f"must differ from train_seed and heldout_seed (got {self.validation_seed})",
+        )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tasks.config import TaskConfig
+from tasks.config import DATA_SPLITS, PathsConfig, TaskConfig
 
 ASPECTS = ("food", "service", "price", "ambience", "location", "cleanliness", "menu", "drinks")
 POSITIVE = ("great", "tasty", "fresh", "friendly", "cheap", "cozy", "lovely", "quick", "superb", "clean")
@@ -118,6 +118,11 @@ def generate_rows(n: int, seed: int, task: TaskConfig, exclude: Iterable[str] = 
     return rows
 
 
+def jsonl_line(row: dict[str, Any]) -> str:
+    """One row as the project writes it: compact-spaced JSON, UTF-8 as is, one line."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write rows as JSONL atomically: readers see the old file or the whole new one, never half."""
     path = Path(path)
@@ -126,7 +131,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                handle.write(jsonl_line(row))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -134,11 +139,23 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
-def generate_dataset(train_file: str | Path, heldout_file: str | Path, task: TaskConfig) -> tuple[Path, Path]:
-    """Write the train and held-out files of the embedded task; no held-out prompt appears in train."""
+def embedded_splits(task: TaskConfig) -> dict[str, list[dict[str, Any]]]:
+    """The embedded task's rows by split (tasks.config.DATA_SPLITS): train, then held-out without train's prompts,
+    then validation without either's. Each split draws from its own seed, so adding a later split never changes
+    an earlier one's rows."""
     train = generate_rows(task.n_train, task.train_seed, task)
     heldout = generate_rows(task.n_heldout, task.heldout_seed, task, exclude=(r["prompt"] for r in train))
-    return write_jsonl(train_file, train), write_jsonl(heldout_file, heldout)
+    taken = [r["prompt"] for r in (*train, *heldout)]
+    validation = generate_rows(task.n_validation, task.validation_seed, task, exclude=taken)
+    splits = {"train": train, "heldout": heldout, "validation": validation}
+    return {split: splits[split] for split in DATA_SPLITS}
+
+
+def generate_dataset(paths: PathsConfig, task: TaskConfig) -> dict[str, Path]:
+    """Write the embedded task's files (paths.train_file, heldout_file, validation_file): pairwise disjoint in
+    prompts, byte-identical for the same task params. Returns the written files by split."""
+    files = paths.data_files()
+    return {split: write_jsonl(files[split], rows) for split, rows in embedded_splits(task).items()}
 
 
 def _reject_constant(name: str) -> Any:
@@ -162,7 +179,8 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataFileError(
-            f"{path}: file not found (run `rewardflow data generate` or point paths.* in params.yaml at your data)"
+            f"{path}: file not found (the embedded task: `rewardflow data generate`; your data: point paths.* in "
+            "params.yaml at your files, or carve a validation split from train with `rewardflow data split`)"
         ) from None
     except IsADirectoryError:
         raise DataFileError(f"{path}: is a directory, expected a .jsonl file") from None

@@ -1,4 +1,8 @@
-"""Held-out evaluation: batched greedy decoding, scored with the reward module's own functions."""
+"""Evaluation of the checkpoints: batched greedy decoding, scored with the reward module's own functions.
+
+Two stages use it: evaluate on the held-out file (reports/eval.json: the reported numbers and the promotion gate's)
+and validation_eval on the validation file (reports/validation_eval.json: what sweeps tune on).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from tasks.rewards import RewardConfig, score_completion
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = (*METRICS, COUNT)
+# the metrics files of the two evaluation stages under paths.reports_dir (dvc.yaml declares the same)
+EVAL_REPORT = "eval.json"
+VALIDATION_REPORT = "validation_eval.json"
 
 
 def score_example(text: str, truth: Sequence[int], config: RewardConfig, score_span: int) -> dict[str, Any]:
@@ -121,13 +128,20 @@ def evaluate_checkpoint(model_dir: str | Path, p: Params, rows: list[dict[str, A
     return metrics, records
 
 
-def run_evaluate(p: Params, checkpoints: Sequence[str] = ("sft", "grpo")) -> dict[str, dict[str, float]]:
-    """Evaluate the SFT and GRPO checkpoints side by side on the held-out file; write reports/eval.json
-    and reports/predictions_<checkpoint>.jsonl."""
+def evaluate_file(
+    p: Params,
+    rows_file: str | Path,
+    report: str,
+    predictions: str | None,
+    checkpoints: Sequence[str] = ("sft", "grpo"),
+) -> dict[str, dict[str, float]]:
+    """Evaluate the checkpoints side by side on the rows of rows_file; write paths.reports_dir/<report> as
+    {checkpoint: metrics} and, when `predictions` is a pattern such as "predictions_{}.jsonl", each checkpoint's
+    per-example records there."""
     from transformers import set_seed
 
     set_seed(p.seed)
-    rows = read_jsonl(p.paths.heldout_file)
+    rows = read_jsonl(rows_file)
     reports = Path(p.paths.reports_dir)
     results: dict[str, dict[str, float]] = {}
     for name in checkpoints:
@@ -135,11 +149,24 @@ def run_evaluate(p: Params, checkpoints: Sequence[str] = ("sft", "grpo")) -> dic
         if not (model_dir / "config.json").exists():
             raise FileNotFoundError(f"{model_dir}: no {name} checkpoint to evaluate; run the {name} stage first")
         metrics, records = evaluate_checkpoint(model_dir, p, rows)
-        write_jsonl(reports / f"predictions_{name}.jsonl", records)
+        if predictions is not None:
+            write_jsonl(reports / predictions.format(name), records)
         results[name] = metrics
-        log.info("evaluate %s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        log.info("%s %s: %s", report, name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     reports.mkdir(parents=True, exist_ok=True)
-    tmp = reports / ".eval.json.tmp"
+    tmp = reports / f".{report}.tmp"
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    tmp.replace(reports / "eval.json")
+    tmp.replace(reports / report)
     return results
+
+
+def run_evaluate(p: Params, checkpoints: Sequence[str] = ("sft", "grpo")) -> dict[str, dict[str, float]]:
+    """The evaluate stage: the SFT and GRPO checkpoints on the held-out file -> reports/eval.json (what the summary
+    shows and the promotion gate compares) and reports/predictions_<checkpoint>.jsonl."""
+    return evaluate_file(p, p.paths.heldout_file, EVAL_REPORT, "predictions_{}.jsonl", checkpoints)
+
+
+def run_validation_eval(p: Params, checkpoints: Sequence[str] = ("sft", "grpo")) -> dict[str, dict[str, float]]:
+    """The validation_eval stage: the same metrics on the validation file -> reports/validation_eval.json, what
+    sweeps select on; it never reads the held-out file."""
+    return evaluate_file(p, p.paths.validation_file, VALIDATION_REPORT, None, checkpoints)

@@ -81,8 +81,9 @@ def _pinning_file(repo: Any, root: Path, paths: PathsConfig, mode: str) -> tuple
     from dvc.exceptions import OutputNotFoundError
 
     pins = set()
-    for key in ("train_file", "heldout_file"):
-        path = Path(getattr(paths, key)).resolve()
+    for split, file in paths.data_files().items():
+        key = f"{split}_file"
+        path = Path(file).resolve()
         if not path.is_relative_to(root):
             raise DataNotPinned(
                 f"paths.{key} {path} is outside the project {root}: DVC pins only files inside it. Move the data "
@@ -104,7 +105,10 @@ def _pinning_file(repo: Any, root: Path, paths: PathsConfig, mode: str) -> tuple
             sources = stage.outs
         pins.add((sources[0].stage.relpath, sources[0].def_path))
     if len(pins) > 1:
-        raise DataNotPinned(f"the train and held-out files are pinned by two .dvc files ({sorted(pins)}); use one")
+        raise DataNotPinned(
+            f"the data files ({', '.join(paths.data_files().values())}) are pinned by {len(pins)} .dvc files "
+            f"({sorted(pins)}); pin them with one: keep them in {paths.data_dir}/ and `dvc add {paths.data_dir}`"
+        )
     return pins.pop()
 
 

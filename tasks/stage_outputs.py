@@ -54,10 +54,10 @@ def reports(p: Params, stage: str) -> list[Path]:
 
 
 def log_stage_outputs(client: Any, run_id: str, stage: Any, p: Params) -> None:
-    """What MLflow records of a finished stage (a tasks.stages.Stage): its metrics files' numbers, its reports as
-    artifacts, then whatever its table entry adds."""
+    """What MLflow records of a finished stage (a tasks.stages.Stage): its metrics files' numbers (named with the
+    stage's metrics_prefix), its reports as artifacts, then whatever its table entry adds."""
     for path in dvcfile.declared_paths(p, stage.name, "metrics"):
-        values = metric_values(_read_json(path) or {})
+        values = metric_values(_read_json(path) or {}, stage.metrics_prefix)
         if values:
             log_metrics(client, run_id, values)
     for path in reports(p, stage.name):

@@ -31,6 +31,9 @@ class Stage:
     log_extra: tuple[OutputLogger, ...] = ()
     # log its outputs in every pipeline run, also when DVC skipped it (the held-out metrics the gate reads)
     log_when_skipped: bool = False
+    # put before the names of its dvc.yaml metrics in MLflow, to keep them apart from another stage's of the same
+    # shape (validation_eval's validation.grpo.within_1 beside evaluate's held-out grpo.within_1)
+    metrics_prefix: str = ""
 
 
 def _validate(p: Params) -> Any:
@@ -70,6 +73,12 @@ def _evaluate(p: Params) -> Any:
     return run_evaluate(p)
 
 
+def _validation_eval(p: Params) -> Any:
+    from tasks.evaluation import run_validation_eval
+
+    return run_validation_eval(p)
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -92,6 +101,13 @@ STAGES: dict[str, Stage] = {
             "Stage evaluate: held-out metrics of models/sft and models/grpo -> reports/eval.json.",
             (stage_outputs.log_score_heatmap,),
             log_when_skipped=True,
+        ),
+        Stage(
+            "validation_eval",
+            _validation_eval,
+            "Stage validation_eval: validation-split metrics of models/sft and models/grpo -> "
+            "reports/validation_eval.json (what sweeps select on; never the promotion gate).",
+            metrics_prefix="validation.",
         ),
     )
 }

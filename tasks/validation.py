@@ -1,5 +1,7 @@
 """The validate stage: a Great Expectations suite, defined here in code, gates the data before any training.
 
+It checks the three data files (params.yaml paths.train_file, heldout_file, validation_file): every row of each,
+and that no held-out or validation prompt occurs in train and no validation prompt in held-out (leakage).
 Critical expectations fail the gate; warning expectations (distribution sanity) are reported and logged but let
 the pipeline go on. GE's `severity` does not change a result's `success`, so the gate decides itself.
 
@@ -29,10 +31,13 @@ LINE = "line"
 # what the validate stage writes under paths.reports_dir (dvc.yaml declares the same two outputs)
 REPORT_FILE = "validation.json"
 DOCS_DIR = "data_docs"
+# each split in the gate's messages
+SPLIT_NAMES = {"train": "train", "heldout": "held-out", "validation": "validation"}
 # helper column -> the source column it is derived from (a missing source reports once, not per helper)
 HELPER_SOURCE = {
     "prompt_type": "prompt",
     "in_train": "prompt",
+    "in_heldout": "prompt",
     "scores_type": "scores",
     "n_scores": "scores",
     "scores_all_int": "scores",
@@ -109,7 +114,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def add_helper_columns(frame: Any, train_prompts: set[str] | None = None, train_values: set[int] | None = None) -> Any:
+def add_helper_columns(
+    frame: Any,
+    train_prompts: set[str] | None = None,
+    train_values: set[int] | None = None,
+    heldout_prompts: set[str] | None = None,
+) -> Any:
     """Derived columns that standard expectations check. A helper is None where a more basic check already
     failed for the row (GE ignores nulls in value checks), so one bad row gives one root cause."""
     import pandas as pd
@@ -136,14 +146,18 @@ def add_helper_columns(frame: Any, train_prompts: set[str] | None = None, train_
     out["scores_max"] = column([max(v) if v else None for v in usable], "Float64")
     if train_prompts is not None:
         out["in_train"] = prompt.map(lambda s: isinstance(s, str) and s in train_prompts).astype(object)
+    if heldout_prompts is not None:
+        out["in_heldout"] = prompt.map(lambda s: isinstance(s, str) and s in heldout_prompts).astype(object)
     if train_values is not None:
         unseen = [sum(x not in train_values for x in v) if v else None for v in usable]
         out["n_unseen_score_values"] = column(unseen, "Float64")
     return out
 
 
-def build_suite(name: str, p: Params, heldout: bool) -> Any:
-    """The expectation suite, versioned with this code. Each expectation carries its check id in `meta`."""
+def build_suite(name: str, p: Params, split: str) -> Any:
+    """The expectation suite of one split (tasks.config.DATA_SPLITS), versioned with this code. Every file gets the
+    row checks; held-out and validation also the checks against train, and validation the one against held-out.
+    Each expectation carries its check id in `meta`."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
@@ -217,25 +231,35 @@ def build_suite(name: str, p: Params, heldout: bool) -> Any:
             max_value=t.max_score,
         ),
     ]
-    if heldout:
+    if split != "train":
         expectations += [
             exp(
                 gxe.ExpectColumnValuesToBeInSet,
                 "no_leakage",
-                "no held-out prompt occurs in train",
+                f"no {SPLIT_NAMES[split]} prompt occurs in train",
                 column="in_train",
                 value_set=[False],
             ),
             exp(
                 gxe.ExpectColumnValuesToBeBetween,
                 "score_values_seen_in_train",
-                "every held-out score value occurs in train",
+                f"every {SPLIT_NAMES[split]} score value occurs in train",
                 severity="warning",
                 column="n_unseen_score_values",
                 max_value=0,
                 mostly=1.0 - v.max_unseen_score_fraction,
             ),
         ]
+    if split == "validation":
+        expectations.append(
+            exp(
+                gxe.ExpectColumnValuesToBeInSet,
+                "no_heldout_overlap",
+                "no validation prompt occurs in the held-out file (tuning on it would leak into the reported metrics)",
+                column="in_heldout",
+                value_set=[False],
+            )
+        )
     return gx.ExpectationSuite(name=name, expectations=expectations)
 
 
@@ -330,31 +354,43 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def validate_files(
-    train_file: str | Path, heldout_file: str | Path | None, p: Params, out_dir: str | Path | None = None
+    train_file: str | Path,
+    heldout_file: str | Path | None,
+    p: Params,
+    out_dir: str | Path | None = None,
+    validation_file: str | Path | None = None,
 ) -> GateResult:
-    """Run the suite on the train (and held-out) file. With out_dir, write the report (REPORT_FILE) and the Data
-    Docs (DOCS_DIR) there; without, write nothing (the result is returned)."""
+    """Run the suite on the train file, and on the held-out and validation files when given (validation needs
+    held-out: it is checked against both). With out_dir, write the report (REPORT_FILE) and the Data Docs
+    (DOCS_DIR) there; without, write nothing (the result is returned)."""
     telemetry.turn_off()
     import great_expectations as gx
 
+    if validation_file is not None and heldout_file is None:
+        raise ValueError("a validation file is checked against the held-out file: give both")
     out = Path(out_dir) if out_dir is not None else None
     context = _context(out / DOCS_DIR if out is not None else None)
     source = context.data_sources.add_pandas("rewardflow")
     train = load_frame(train_file)
-    frames = {"train": (str(train_file), add_helper_columns(train), False)}
+    frames = {"train": (str(train_file), add_helper_columns(train))}
+    prompts = {x for x in train.get("prompt", []) if isinstance(x, str)}
+    values = {x for v in train.get("scores", []) if isinstance(v, list) for x in v if _is_int(x)}
     if heldout_file is not None:
-        prompts = {x for x in train.get("prompt", []) if isinstance(x, str)}
-        values = {x for v in train.get("scores", []) if isinstance(v, list) for x in v if _is_int(x)}
-        frames["heldout"] = (str(heldout_file), add_helper_columns(load_frame(heldout_file), prompts, values), True)
+        heldout = load_frame(heldout_file)
+        frames["heldout"] = (str(heldout_file), add_helper_columns(heldout, prompts, values))
+    if validation_file is not None:
+        held = {x for x in heldout.get("prompt", []) if isinstance(x, str)}
+        frame = add_helper_columns(load_frame(validation_file), prompts, values, held)
+        frames["validation"] = (str(validation_file), frame)
     result_format = {
         "result_format": "COMPLETE",
         "unexpected_index_column_names": [LINE],
         "partial_unexpected_count": p.validate.max_reported_rows,
     }
     gate = GateResult(passed=True)
-    for split, (file, frame, heldout) in frames.items():
+    for split, (file, frame) in frames.items():
         batch = source.add_dataframe_asset(split).add_batch_definition_whole_dataframe("whole")
-        suite = context.suites.add(build_suite(f"rewardflow_{split}", p, heldout))
+        suite = context.suites.add(build_suite(f"rewardflow_{split}", p, split))
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"validate_{split}", data=batch, suite=suite)
         )
@@ -375,7 +411,8 @@ def validate_files(
 
 def run_validate(p: Params) -> GateResult:
     """The validate stage: raise ValidationFailed (no retry, nothing trained) when the data gate fails."""
-    gate = validate_files(p.paths.train_file, p.paths.heldout_file, p, p.paths.reports_dir)
+    files = p.paths.data_files()
+    gate = validate_files(files["train"], files["heldout"], p, p.paths.reports_dir, files["validation"])
     if not gate.passed:
         raise ValidationFailed(gate)
     log.info("data validation passed (%d warnings); report %s", len(gate.warnings), gate.data_docs)

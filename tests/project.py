@@ -16,7 +16,7 @@ from tasks.telemetry import TELEMETRY_OFF
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
-    "task": {"n_train": 64, "n_heldout": 16},
+    "task": {"n_train": 64, "n_heldout": 16, "n_validation": 16},
     "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
     "sft": {"max_steps": 3, "batch_size": 8, "logging_steps": 1},
     "grpo": {"max_steps": 2, "prompts_per_step": 2, "logging_steps": 1},
@@ -38,20 +38,21 @@ def overrides(sections: dict) -> list[str]:
 
 def tiny_params(root: Path, *extra: str):
     """Params for a tiny project under root: TINY's task and model shape, outputs under root, then `extra`
-    overrides; the task's data is generated on the first call."""
+    overrides; the task's data (train, held-out, validation) is generated on the first call."""
     from tasks.config import load_params
     from tasks.data import generate_dataset
 
     paths = [
         f"paths.train_file={root}/data/train.jsonl",
         f"paths.heldout_file={root}/data/heldout.jsonl",
+        f"paths.validation_file={root}/data/validation.jsonl",
         f"paths.models_dir={root}/models",
         f"paths.reports_dir={root}/reports",
     ]
     shape = overrides({section: TINY[section] for section in ("task", "model")})
     p = load_params(ROOT / "params.yaml", [*paths, *shape, *extra])
     if not Path(p.paths.train_file).exists():
-        generate_dataset(p.paths.train_file, p.paths.heldout_file, p.task)
+        generate_dataset(p.paths, p.task)
     return p
 
 

@@ -75,6 +75,24 @@ def test_override_changes_one_value():
         ),
         (lambda r: r["model"].update(name_or_path="builtin:huge"), r"model\.name_or_path knows one built-in"),
         (lambda r: r.update(paths=["data"]), r"paths must be a mapping"),
+        (lambda r: r["task"].update(n_validation=0), r"task\.n_validation must be >= 1"),
+        (
+            lambda r: r["task"].update(validation_seed=r["task"]["heldout_seed"]),
+            r"task\.validation_seed must differ from train_seed and heldout_seed",
+        ),
+        (
+            lambda r: r["task"].update(validation_seed=r["task"]["train_seed"]),
+            r"task\.validation_seed must differ from train_seed and heldout_seed",
+        ),
+        (lambda r: r["paths"].pop("validation_file"), r"missing key paths\.validation_file"),
+        (
+            lambda r: r["paths"].update(validation_file="data/heldout.jsonl"),
+            r"paths\.validation_file must differ from heldout_file",
+        ),
+        (
+            lambda r: r["paths"].update(validation_file="./data/train.jsonl"),
+            r"paths\.validation_file must differ from train_file",
+        ),
     ],
 )
 def test_bad_params_fail_with_file_and_key(params_file, change, message):

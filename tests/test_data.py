@@ -3,12 +3,14 @@
 import hashlib
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from tasks.config import TaskConfig
+from tasks.config import PathsConfig, TaskConfig, load_params
 from tasks.data import (
     DataFileError,
+    embedded_splits,
     generate_dataset,
     generate_rows,
     label_for,
@@ -24,8 +26,10 @@ TASK = TaskConfig(
     max_score=5,
     n_train=300,
     n_heldout=60,
+    n_validation=40,
     train_seed=1,
     heldout_seed=2,
+    validation_seed=3,
     rater_bias=(0.0, 1.0, 0.0),
     modifier_rate=0.4,
 )
@@ -35,26 +39,53 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _paths(folder) -> PathsConfig:
+    return PathsConfig(
+        data_dir=str(folder),
+        train_file=str(folder / "train.jsonl"),
+        heldout_file=str(folder / "heldout.jsonl"),
+        validation_file=str(folder / "validation.jsonl"),
+        models_dir=str(folder / "models"),
+        reports_dir=str(folder / "reports"),
+    )
+
+
 def test_same_seed_gives_byte_identical_files(tmp_path):
-    a = generate_dataset(tmp_path / "a/train.jsonl", tmp_path / "a/heldout.jsonl", TASK)
-    b = generate_dataset(tmp_path / "b/train.jsonl", tmp_path / "b/heldout.jsonl", TASK)
-    assert [_digest(p) for p in a] == [_digest(p) for p in b]
-    c = generate_dataset(tmp_path / "c/train.jsonl", tmp_path / "c/heldout.jsonl", replace(TASK, train_seed=7))
-    assert _digest(c[0]) != _digest(a[0])
+    a = generate_dataset(_paths(tmp_path / "a"), TASK)
+    b = generate_dataset(_paths(tmp_path / "b"), TASK)
+    assert list(a) == ["train", "heldout", "validation"]
+    assert [_digest(p) for p in a.values()] == [_digest(p) for p in b.values()]
+    c = generate_dataset(_paths(tmp_path / "c"), replace(TASK, train_seed=7))
+    assert _digest(c["train"]) != _digest(a["train"])
 
 
 def test_rows_follow_the_schema_and_the_labelling_rule(tmp_path):
-    train, heldout = generate_dataset(tmp_path / "train.jsonl", tmp_path / "heldout.jsonl", TASK)
-    rows, held = read_jsonl(train), read_jsonl(heldout)
-    assert len(rows) == 300 and len(held) == 60
-    for row in rows:
+    files = generate_dataset(_paths(tmp_path), TASK)
+    rows, held, val = (read_jsonl(files[split]) for split in ("train", "heldout", "validation"))
+    assert len(rows) == 300 and len(held) == 60 and len(val) == 40
+    for row in rows + val:
         assert set(row) == {"prompt", "scores"}
         assert len(row["scores"]) == 4 and all(1 <= s <= 5 for s in row["scores"])
-    # distinct within a file, and no held-out prompt leaks into train
-    assert len({r["prompt"] for r in rows}) == 300
-    assert not {r["prompt"] for r in rows} & {r["prompt"] for r in held}
+    # distinct within a file, and the three splits share no prompt
+    prompts = [{r["prompt"] for r in split} for split in (rows, held, val)]
+    assert [len(p) for p in prompts] == [300, 60, 40]
+    assert not prompts[0] & prompts[1] and not prompts[0] & prompts[2] and not prompts[1] & prompts[2]
     # every score value occurs
     assert {s for r in rows for s in r["scores"]} == {1, 2, 3, 4, 5}
+
+
+def test_the_validation_split_leaves_train_and_heldout_as_data_dvc_pinned_them(tmp_path):
+    """Adding the validation split changed no byte of the default train and held-out files: their md5s are the
+    ones of the two-file data folder data.dvc pinned before it (dir md5 4c3d2073bc8a415db1dd233aa074a929), and a
+    different validation seed or size changes the validation file only."""
+    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    files = generate_dataset(_paths(tmp_path / "default"), p.task)
+    md5 = {split: hashlib.md5(path.read_bytes()).hexdigest() for split, path in files.items()}
+    assert md5["train"] == "cf6b010448af7c43e42d57dad8aaa011"
+    assert md5["heldout"] == "c53d8f4d81c9d86e6d8ed94f2f0c7310"
+    other = embedded_splits(replace(p.task, n_validation=50, validation_seed=11))
+    assert read_jsonl(files["train"]) == other["train"] and read_jsonl(files["heldout"]) == other["heldout"]
+    assert len(other["validation"]) == 50 and other["validation"] != read_jsonl(files["validation"])[:50]
 
 
 @pytest.mark.parametrize(
@@ -166,7 +197,6 @@ def test_generate_recreates_what_data_dvc_pins(tmp_path):
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     from project import copy_params
 

@@ -58,7 +58,7 @@ def test_repro_then_noop_then_only_downstream_of_a_change(repo):
     # a GRPO-only param change re-runs grpo and what follows, not validate or sft
     _set_params(repo, {"grpo": {"temperature": 0.9}})
     third = _sh(["dvc", "repro"], repo, env)
-    assert _ran(third.stdout) == ["grpo", "evaluate"]
+    assert _ran(third.stdout) == ["grpo", "evaluate", "validation_eval"]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["grpo"]["params"]["params.yaml"]["grpo"]["temperature"] == 0.9
 
@@ -93,28 +93,38 @@ def test_push_and_pull_through_the_default_local_remote(repo):
 
 
 def test_reward_weight_experiment(repo):
-    """The article's "don't trust the default weights", the DVC way: an experiment with another weight runs
-    only the stages the reward feeds, and `dvc exp show` lists its held-out metrics beside the baseline."""
+    """The article's "don't trust the default weights", the DVC way, tuned on the validation split: experiments
+    with the target validation_eval run only the stages the reward feeds up to the validation metrics, never
+    evaluate, and `dvc exp show` lists each experiment's metrics under their file, the held-out ones still the
+    baseline's. A queued sweep does the same through DVC's queue worker."""
     repo, env = repo
     _sh(["git", "checkout", "-q", "--", "data.dvc", "params.yaml"], repo, env)
     _sh(["dvc", "checkout", "-q"], repo, env, check=False)
     _sh(["dvc", "repro"], repo, env)
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], repo, env)
-    run = _sh(["dvc", "exp", "run", "-n", "em05", "-S", "reward.weights.item_accuracy=0.5"], repo, env)
-    assert _ran(run.stdout) == ["grpo", "evaluate"]
-    table = _sh(["dvc", "exp", "show", "--csv"], repo, env).stdout
-    header, *rows = csv.reader(io.StringIO(table))
-    weight, mae = header.index("reward.weights.item_accuracy"), header.index("grpo.mae")
-    exp_row = next(r for r in rows if r[0] == "em05")
-    assert float(exp_row[weight]) == 0.5 and float(exp_row[mae]) >= 0.0
-
-    # a queued sweep: two more weights, run by DVC's queue worker, compared side by side
-    for weight in (0.1, 0.7):
-        _sh(["dvc", "exp", "run", "--queue", "-S", f"reward.weights.item_accuracy={weight}"], repo, env)
+    sweep = ["dvc", "exp", "run", "-S", "reward.weights.item_accuracy=0.5", "validation_eval"]
+    run = _sh([*sweep[:3], "-n", "em05", *sweep[3:]], repo, env)
+    assert _ran(run.stdout) == ["grpo", "validation_eval"]
+    for value in (0.1, 0.7):
+        queued = ["dvc", "exp", "run", "--queue", "-S", f"reward.weights.item_accuracy={value}", "validation_eval"]
+        _sh(queued, repo, env)
     _sh(["dvc", "exp", "run", "--run-all", "-j", "1"], repo, env)
+
     header, *rows = csv.reader(io.StringIO(_sh(["dvc", "exp", "show", "--csv"], repo, env).stdout))
-    state, weight = header.index("State"), header.index("reward.weights.item_accuracy")
-    swept = {float(r[weight]): r for r in rows if r[state] == "Success"}
-    assert {0.1, 0.7} <= set(swept)
-    assert all(float(swept[w][mae]) >= 0.0 for w in (0.1, 0.7))
+    weight, rev = header.index("reward.weights.item_accuracy"), header.index("rev")
+    val_mae = header.index("reports/validation_eval.json:grpo.mae")
+    val_n = header.index("reports/validation_eval.json:grpo.n")
+    heldout = [i for i, name in enumerate(header) if name.startswith("reports/eval.json:")]
+    assert "reports/eval.json:grpo.within_1" in [header[i] for i in heldout]
+    baseline = next(r for r in rows if r[header.index("typ")] == "baseline" and r[rev] != "workspace")
+    swept = {float(r[weight]): r for r in rows if r[0] == "em05" or r[header.index("State")] == "Success"}
+    assert {0.1, 0.5, 0.7} <= set(swept)
+    for value in (0.1, 0.5, 0.7):
+        assert float(swept[value][val_mae]) >= 0.0 and float(swept[value][val_n]) == 16
+        assert [swept[value][i] for i in heldout] == [baseline[i] for i in heldout]
+        # the experiment's dvc.lock: grpo and validation_eval ran with the swept weight; evaluate is the baseline's
+        lock = yaml.safe_load(_sh(["git", "show", f"{swept[value][rev]}:dvc.lock"], repo, env).stdout)["stages"]
+        stages = ("grpo", "validation_eval", "evaluate")
+        weights = [lock[s]["params"]["params.yaml"]["reward"]["weights"]["item_accuracy"] for s in stages]
+        assert weights == [value, value, float(baseline[weight])]

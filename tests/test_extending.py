@@ -104,6 +104,7 @@ def test_the_cli_the_flow_the_statistics_and_mlflow_pick_them_up(extended):
         ("sft", "ran"),
         ("grpo", "ran"),
         ("evaluate", "ran"),
+        ("validation_eval", "ran"),
         ("gain", "ran"),
     ]
     assert json.loads(sh(["dvc", "status", "--json"], repo, env).stdout) == {}
@@ -129,7 +130,7 @@ def test_the_cli_the_flow_the_statistics_and_mlflow_pick_them_up(extended):
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     stages = {r.info.run_name: r for r in runs}
-    assert set(stages) == {"validate", "sft", "grpo", "evaluate", "gain", "register"}
+    assert set(stages) == {"validate", "sft", "grpo", "evaluate", "validation_eval", "gain", "register"}
     grpo = stages["grpo"]
     assert [m.value for m in client.get_metric_history(grpo.info.run_id, "rewards/toy/mean")] == [0.0, 0.0]
     assert [m.value for m in client.get_metric_history(grpo.info.run_id, "reward_stats/toy/mean")] == [0.0, 0.0]

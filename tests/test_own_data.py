@@ -123,7 +123,13 @@ def test_own_data_walkthrough(walkthrough):
     assert "version 1 registered -> champion" in first
     assert "champion: version 1" in status and "data_hash=" in status
     assert "skipped: data unchanged: data hash" in retrain and "what version 1 was trained on (promoted)" in retrain
-    assert stage_statuses(second) == {"validate": "ran", "sft": "skipped", "grpo": "skipped", "evaluate": "ran"}
+    assert stage_statuses(second) == {
+        "validate": "ran",
+        "sft": "skipped",
+        "grpo": "skipped",
+        "evaluate": "ran",
+        "validation_eval": "skipped",  # it never reads the held-out file
+    }
     assert "already registered as version 1" in second
     # the run used the README's task and the user's files, not the embedded task
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
@@ -132,6 +138,14 @@ def test_own_data_walkthrough(walkthrough):
     assert (repo / "data" / "heldout.jsonl").read_bytes() == (Path(env["MY_DATA"]) / "heldout-v2.jsonl").read_bytes()
     report = json.loads((repo / "reports" / "eval.json").read_text())
     assert report["grpo"]["n"] == 24
+    # `data split` carved the validation split out of the user's train file: the rows its prompt hash picks
+    [split] = outputs(steps, "rewardflow data split")
+    mine = [json.loads(line) for line in (Path(env["MY_DATA"]) / "train.jsonl").read_text().splitlines()]
+    picked = [r for r in mine if int(hashlib.sha256(r["prompt"].encode()).hexdigest()[:16], 16) < 0.1 * 2**64]
+    validation = [json.loads(line) for line in (repo / "data" / "validation.jsonl").read_text().splitlines()]
+    assert validation == picked and f"moved {len(picked)} of 96 rows" in split
+    assert len((repo / "data" / "train.jsonl").read_text().splitlines()) == 96 - len(picked)
+    assert json.loads((repo / "reports" / "validation_eval.json").read_text())["grpo"]["n"] == len(picked)
     # the built-in tokenizer spells every score of 0..10, the top one included, as one token
     tokenizer = json.loads((repo / "models" / "grpo" / "tokenizer.json").read_text())["model"]["vocab"]
     assert {str(score) for score in range(11)} <= set(tokenizer)

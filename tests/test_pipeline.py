@@ -67,9 +67,13 @@ def test_first_run_trains_tracks_and_registers_a_champion(project):
         ("sft", "ran"),
         ("grpo", "ran"),
         ("evaluate", "ran"),
+        ("validation_eval", "ran"),
     ]
     assert json.loads(sh(["dvc", "status", "--json"], repo, env).stdout) == {}
     assert summary["model_version"] == "1" and summary["promoted"]
+    # the summary's metrics are the held-out ones of eval.json, never the validation split's
+    report = json.loads((repo / "reports/eval.json").read_text())
+    assert summary["metrics"] == report and report["grpo"]["n"] == 16
 
     # MLflow: one parent run with the resolved params and lineage tags, a nested run per stage
     client = _client(repo)
@@ -79,7 +83,7 @@ def test_first_run_trains_tracks_and_registers_a_champion(project):
     assert parent.data.tags["data_hash"] and parent.data.tags["params_hash"] and parent.data.tags["git_commit"]
     assert "dvc.lock" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     stages = _runs(client, parent.info.run_id)
-    assert set(stages) == {"validate", "sft", "grpo", "evaluate", "register"}
+    assert set(stages) == {"validate", "sft", "grpo", "evaluate", "validation_eval", "register"}
     assert all(r.info.status == "FINISHED" for r in stages.values())
 
     # per-step training metrics, including every reward component's mean and std (2 GRPO steps, logged each)
@@ -90,9 +94,14 @@ def test_first_run_trains_tracks_and_registers_a_champion(project):
     assert len(client.get_metric_history(stages["sft"].info.run_id, "loss")) == 3
     assert stages["grpo"].data.params["grpo.temperature"] == "0.7"
 
-    # eval metrics, reports and plots as artifacts
-    report = json.loads((repo / "reports/eval.json").read_text())
+    # eval metrics, reports and plots as artifacts; the validation split's metrics under their own prefix, apart
+    # from the held-out ones the gate reads
     assert stages["evaluate"].data.metrics["grpo.within_1"] == pytest.approx(report["grpo"]["within_1"])
+    validation = json.loads((repo / "reports/validation_eval.json").read_text())
+    logged = stages["validation_eval"].data.metrics
+    assert set(logged) == {f"validation.{c}.{k}" for c, metrics in validation.items() for k in metrics}
+    assert logged["validation.grpo.within_1"] == pytest.approx(validation["grpo"]["within_1"])
+    assert not any(k.startswith("validation.") for k in stages["evaluate"].data.metrics)
     artifacts = {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id, "plots")}
     assert artifacts == {"plots/heldout_score_heatmap.png"}
     assert {a.path for a in client.list_artifacts(grpo, "plots")} == {"plots/reward_components.png"}
@@ -133,7 +142,7 @@ def test_unchanged_rerun_runs_no_stage_and_registers_nothing(project):
     repo, env = project
     started = time.perf_counter()
     summary = training_pipeline()
-    assert [status for _, status, _ in summary["stages"]] == ["skipped"] * 4
+    assert [status for _, status, _ in summary["stages"]] == ["skipped"] * 5
     assert summary["registration"].startswith("already registered as version 1")
     assert len(_client(repo).search_model_versions("name = 'rewardflow-scorer'")) == 1
     assert time.perf_counter() - started < 60
@@ -154,7 +163,7 @@ def test_nothing_changed_is_answered_without_starting_prefect(project):
         "print(s['model_version'], [x[1] for x in s['stages']], 'prefect' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.split("\n")[-2] == "1 ['skipped', 'skipped', 'skipped', 'skipped'] False", out.stderr
+    assert out.stdout.split("\n")[-2] == f"1 {['skipped'] * 5} False", out.stderr
 
 
 def test_retraining_skips_when_the_data_is_what_the_champion_was_trained_on(project):
@@ -165,7 +174,8 @@ def test_retraining_skips_when_the_data_is_what_the_champion_was_trained_on(proj
 
 
 def test_grpo_param_change_reruns_grpo_and_gates_the_new_version(project):
-    """Only grpo and evaluate run again; the new version is registered as challenger and compared with v1."""
+    """Only grpo and the two evaluations run again; the new version is registered as challenger and compared with
+    v1."""
     from flows.pipeline import training_pipeline
 
     repo, env = project
@@ -174,7 +184,7 @@ def test_grpo_param_change_reruns_grpo_and_gates_the_new_version(project):
 
     assert unchanged_summary() is None  # something changed: the flow must run
     summary = training_pipeline()
-    assert [s for _, s, _ in summary["stages"]] == ["skipped", "skipped", "ran", "ran"]
+    assert [s for _, s, _ in summary["stages"]] == ["skipped", "skipped", "ran", "ran", "ran"]
     client = _client(repo)
     v2 = client.get_model_version("rewardflow-scorer", "2")
     assert str(client.get_model_version_by_alias("rewardflow-scorer", "challenger").version) == "2"

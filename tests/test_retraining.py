@@ -224,9 +224,10 @@ def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused
     # trainings never overlapped; a firing while another process holds the checkout skips, naming the holder (the
     # test holds it itself: whether a firing lands inside a short training run depends on the machine's speed)
     assert first.end_time <= second.start_time
-    from tasks import projectlock
-
-    with projectlock.hold(repo, "the retraining test holding the checkout"):
+    # a firing that finds nothing new holds the checkout for its check (3-4 s on a loaded 2-core machine, longer
+    # than DVC's 3 s of retries): the test takes the checkout between firings
+    hold = wait_until(lambda: _hold_between_firings(repo), INTERVAL_S * 3, "the checkout between two firings")
+    with hold:
         held_at = datetime.now(UTC)
         busy = wait_until(
             lambda: next((r for r in _runs(api) if r.start_time > held_at and BUSY in _message(r)), None),
@@ -236,6 +237,21 @@ def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused
     assert busy.state_name == "Skipped" and "the retraining test holding the checkout" in _message(busy), _message(busy)
     assert len(_trained(api)) == 2
     background["rebuild"] = _start_rebuild(repo, env, "2")
+
+
+def _hold_between_firings(repo):
+    """The project lock held by this test (an ExitStack to close), or None while a firing holds it."""
+    from contextlib import ExitStack
+
+    from tasks import projectlock
+
+    stack = ExitStack()
+    try:
+        stack.enter_context(projectlock.hold(repo, "the retraining test holding the checkout"))
+    except projectlock.ProjectBusy:
+        stack.close()
+        return None
+    return stack
 
 
 def _start_rebuild(repo, env, version):

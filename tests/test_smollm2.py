@@ -18,7 +18,7 @@ PROFILE = "profiles/cpu-smollm2-135m.yaml"
 GGUF = yaml.safe_load((ROOT / PROFILE).read_text())["model"]["name_or_path"]
 # The real weights for a few steps: enough to run every stage, not to learn.
 TINY_RUN = {
-    "task": {"n_train": 32, "n_heldout": 4},
+    "task": {"n_train": 32, "n_heldout": 4, "n_validation": 4},
     "sft": {"max_steps": 2, "batch_size": 2, "logging_steps": 1, "save_steps": 1},
     "grpo": {"max_steps": 1, "prompts_per_step": 1, "num_generations": 2, "logging_steps": 1, "save_steps": 1},
     "evaluate": {"batch_size": 4},
@@ -127,7 +127,7 @@ def test_the_pipeline_on_the_real_weights_from_the_profile(tmp_path, smollm2):
         assert "quantization_config" not in json.loads((folder / "config.json").read_text())
     report = json.loads((repo / "reports" / "eval.json").read_text())
     assert report["grpo"]["n"] == 4
-    assert sh(["rewardflow", "run"], repo, env).stdout.count("skipped") == 4  # nothing changed: nothing runs
+    assert sh(["rewardflow", "run"], repo, env).stdout.count("skipped") == 5  # nothing changed: no stage runs
 
     # the registered champion serves: chat-formatted prompt in, integers out
     with use_store(f"sqlite:///{repo / 'mlflow.db'}"):

@@ -2,7 +2,10 @@
 real on a tiny project, and compared with the stage's `params:` (and, for `paths`, the `${paths.*}` its deps and
 outs interpolate, which DVC tracks as the paths themselves)."""
 
+import json
 import re
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
@@ -46,15 +49,21 @@ def _interpolated(stage: dict) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def reads(tmp_path_factory):
-    """Each stage of dvc.yaml run for real on a tiny project, in pipeline order, and the params it read."""
-    p = tiny_params(
+def project(tmp_path_factory):
+    """Params of a tiny project (train, held-out and validation files generated)."""
+    return tiny_params(
         tmp_path_factory.mktemp("reads"),
         "sft.max_steps=1",
         "grpo.max_steps=1",
         "grpo.prompts_per_step=2",
         "grpo.save_steps=1",
     )
+
+
+@pytest.fixture(scope="module")
+def reads(project):
+    """Each stage of dvc.yaml run for real on the tiny project, in pipeline order, and the params it read."""
+    p = project
     found = {}
     for name, stage in STAGES.items():
         recorder = RecordingParams(p)
@@ -80,3 +89,33 @@ def test_a_stage_declares_exactly_the_params_it_reads(reads, stage):
         assert paths
     else:
         assert paths <= _interpolated(definition), f"{stage}: reads {sorted(paths - _interpolated(definition))}"
+
+
+def test_validation_eval_scores_the_validation_file_and_never_the_heldout_one(project, reads, tmp_path):
+    """validation_eval (run by `reads` on the checkpoints the stages before it trained) holds the metrics of both
+    checkpoints on the validation rows, in eval.json's shape; with the held-out file gone it writes the same bytes,
+    and with fewer validation rows it scores those."""
+    from tasks.data import read_jsonl, write_jsonl
+    from tasks.evaluation import evaluate_checkpoint
+
+    p = project
+    report = Path(p.paths.reports_dir) / "validation_eval.json"
+    first = report.read_bytes()
+    results = json.loads(first)
+    assert set(results) == {"sft", "grpo"} == set(json.loads((report.parent / "eval.json").read_text()))
+    rows = read_jsonl(p.paths.validation_file)
+    assert results["grpo"]["n"] == results["sft"]["n"] == p.task.n_validation == len(rows)
+    expected, _ = evaluate_checkpoint(Path(p.paths.models_dir) / "grpo", p, rows)
+    assert results["grpo"] == pytest.approx(expected)
+
+    no_heldout = replace(p, paths=replace(p.paths, heldout_file=str(tmp_path / "absent.jsonl")))
+    STAGES["validation_eval"].run(no_heldout)
+    assert report.read_bytes() == first
+
+    fewer = write_jsonl(tmp_path / "validation.jsonl", rows[:5])
+    other = replace(p, paths=replace(p.paths, validation_file=str(fewer), reports_dir=str(tmp_path / "reports")))
+    STAGES["validation_eval"].run(other)
+    on_five = json.loads((tmp_path / "reports" / "validation_eval.json").read_text())
+    assert on_five["grpo"]["n"] == on_five["sft"]["n"] == 5
+    assert on_five["grpo"] == pytest.approx(evaluate_checkpoint(Path(p.paths.models_dir) / "grpo", p, rows[:5])[0])
+    assert report.read_bytes() == first

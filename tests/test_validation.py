@@ -13,6 +13,7 @@ from tasks.validation import ValidationFailed, run_validate, validate_files
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = [{"prompt": f"review : food : tasty {'. ' * i}rate :", "scores": [1 + i % 5, 2, 3, 4]} for i in range(10)]
 HELD = [{"prompt": f"held {i} :", "scores": [1 + i % 5, 3, 3, 3]} for i in range(5)]
+VALID = [{"prompt": f"val {i} :", "scores": [2 + i % 3, 3, 3, 3]} for i in range(4)]
 
 
 def _write(path: Path, rows) -> Path:
@@ -59,9 +60,11 @@ def test_report_is_the_same_bytes_wherever_the_checkout_is(tmp_path, monkeypatch
         root = tmp_path / checkout
         _write(root / "data" / "train.jsonl", [*GOOD[:-1], {**GOOD[-1], "scores": [2, 2, 3, 4]}])
         _write(root / "data" / "heldout.jsonl", [*HELD, {"prompt": "held x :", "scores": [1, 2, 3, 9]}])
+        _write(root / "data" / "validation.jsonl", [*VALID, HELD[0]])
         monkeypatch.chdir(root)
-        gate = validate_files("data/train.jsonl", "data/heldout.jsonl", load_params(ROOT / "params.yaml"), "reports")
-        assert [f.check for f in gate.failures] == ["scores_max"] and gate.data_docs
+        p = load_params(ROOT / "params.yaml")
+        gate = validate_files("data/train.jsonl", "data/heldout.jsonl", p, "reports", "data/validation.jsonl")
+        assert [f.check for f in gate.failures] == ["scores_max", "no_heldout_overlap"] and gate.data_docs
         reports.append((root / "reports" / "validation.json").read_bytes())
     assert reports[0] == reports[1]
     assert str(tmp_path).encode() not in reports[0]
@@ -115,6 +118,32 @@ def test_leakage_between_train_and_heldout(tmp_path, params):
     assert gate.failures[0].lines == [6] and "heldout.jsonl:6" in gate.format()
 
 
+def test_a_validation_prompt_in_train_or_heldout_fails_naming_file_and_line(tmp_path, params):
+    """The validation split is checked like held-out against train, and against held-out too: tuning on a
+    held-out prompt would leak into the reported metrics."""
+    train, held = _write(tmp_path / "train.jsonl", GOOD), _write(tmp_path / "heldout.jsonl", HELD)
+    rows = [*VALID, {**GOOD[3], "scores": [1, 2, 3, 4]}, HELD[1]]
+    validation = _write(tmp_path / "validation.jsonl", rows)
+    gate = validate_files(train, held, params, None, validation)
+    assert not gate.passed
+    found = {f.check: f for f in gate.failures}
+    assert sorted(found) == ["no_heldout_overlap", "no_leakage"], gate.format()
+    assert (found["no_leakage"].lines, found["no_heldout_overlap"].lines) == ([5], [6])
+    assert {f.file for f in gate.failures} == {str(validation)}
+    assert "validation.jsonl:5" in gate.format() and "validation.jsonl:6" in gate.format()
+
+
+def test_a_clean_validation_split_passes_and_unseen_score_values_only_warn(tmp_path, params):
+    train = _write(tmp_path / "train.jsonl", [{**r, "scores": [2, 2, 3, 4]} for r in GOOD])
+    held = _write(tmp_path / "heldout.jsonl", [{**r, "scores": [2, 3, 3, 3]} for r in HELD])
+    validation = _write(tmp_path / "validation.jsonl", [*VALID, {"prompt": "val 9 :", "scores": [5, 3, 3, 3]}])
+    gate = validate_files(train, held, params, None, validation)
+    assert gate.passed, gate.format()
+    assert [(w.check, w.file, w.lines) for w in gate.warnings] == [
+        ("score_values_seen_in_train", str(validation), [5])
+    ]
+
+
 def test_unseen_score_value_warns_but_passes(tmp_path, params):
     train = [{**r, "scores": [2, 2, 3, 4]} for r in GOOD]  # train never uses 1 or 5 ...
     gate = _run(tmp_path, params, train)  # ... held-out does
@@ -156,13 +185,24 @@ def test_cli_exit_codes_and_malformed_files(tmp_path, content, expected):
 def test_cli_valid_files_exit_zero(tmp_path):
     """Checking given files writes its report only where --out says, never into the pipeline's reports folder."""
     train, held = _write(tmp_path / "t.jsonl", GOOD), _write(tmp_path / "h.jsonl", HELD)
-    cli = [Path(sys.executable).parent / "rewardflow", "validate", str(train), str(held)]
+    validation = _write(tmp_path / "v.jsonl", VALID)
+    cli = [Path(sys.executable).parent / "rewardflow", "validate", str(train), str(held), str(validation)]
     cli += ["--set", f"paths.reports_dir={tmp_path}/r", "--out", str(tmp_path / "check")]
     result = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "data validation passed" in result.stdout and f"{tmp_path}/check/data_docs/index.html" in result.stdout
     assert json.loads((tmp_path / "check" / "validation.json").read_text())["passed"] is True
+    assert "rewardflow_validation" in (tmp_path / "check" / "data_docs" / "index.html").read_text()
     assert not (tmp_path / "r").exists()
     refused = subprocess.run([*cli[:-1], str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
     assert refused.returncode == 2 and "tracked by DVC" in refused.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_takes_at_most_the_three_data_files():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["validate", "a.jsonl", "b.jsonl", "c.jsonl", "d.jsonl"])
+    assert result.exit_code == 2 and "give at most three files: train, then held-out, then validation" in result.output
