@@ -96,7 +96,7 @@ def test_reward_weight_experiment(repo):
     """The article's "don't trust the default weights", the DVC way, tuned on the validation split: experiments
     with the target validation_eval run only the stages the reward feeds up to the validation metrics, never
     evaluate, and `dvc exp show` lists each experiment's metrics under their file, the held-out ones still the
-    baseline's. A queued sweep does the same through DVC's queue worker."""
+    baseline's. `rewardflow sweep` does the same through DVC's queue worker and ranks on the validation metric."""
     repo, env = repo
     _sh(["git", "checkout", "-q", "--", "data.dvc", "params.yaml"], repo, env)
     _sh(["dvc", "checkout", "-q"], repo, env, check=False)
@@ -106,10 +106,10 @@ def test_reward_weight_experiment(repo):
     sweep = ["dvc", "exp", "run", "-S", "reward.weights.item_accuracy=0.5", "validation_eval"]
     run = _sh([*sweep[:3], "-n", "em05", *sweep[3:]], repo, env)
     assert _ran(run.stdout) == ["grpo", "validation_eval"]
-    for value in (0.1, 0.7):
-        queued = ["dvc", "exp", "run", "--queue", "-S", f"reward.weights.item_accuracy={value}", "validation_eval"]
-        _sh(queued, repo, env)
-    _sh(["dvc", "exp", "run", "--run-all", "-j", "1"], repo, env)
+    # `rewardflow sweep`: the same through DVC's queue worker, ranked on the validation metric
+    ranked = _sh(["rewardflow", "sweep", "-S", "reward.weights.item_accuracy=0.1,0.7", "--seeds", "42"], repo, env)
+    assert "best: -S reward.weights.item_accuracy=" in ranked.stdout
+    report = json.loads((repo / "reports" / "sweep.json").read_text())
 
     header, *rows = csv.reader(io.StringIO(_sh(["dvc", "exp", "show", "--csv"], repo, env).stdout))
     weight, rev = header.index("reward.weights.item_accuracy"), header.index("rev")
@@ -128,3 +128,9 @@ def test_reward_weight_experiment(repo):
         stages = ("grpo", "validation_eval", "evaluate")
         weights = [lock[s]["params"]["params.yaml"]["reward"]["weights"]["item_accuracy"] for s in stages]
         assert weights == [value, value, float(baseline[weight])]
+    # the sweep's ranking is each experiment's GRPO within_1 on the validation file, best first
+    val_within_1 = header.index("reports/validation_eval.json:grpo.within_1")
+    expected = sorted(((float(swept[v][val_within_1]), v) for v in (0.1, 0.7)), reverse=True)
+    ranking = [(s["mean"], s["overrides"]) for s in report["settings"]]
+    assert ranking == [(w, [f"reward.weights.item_accuracy={v}"]) for w, v in expected]
+    assert report["failed"] == [] and report["metric"] == "grpo within_1 on data/validation.jsonl"
