@@ -157,7 +157,9 @@ def test_run_validate_raises_with_the_report(tmp_path, params):
     rows = [dict(r) for r in GOOD]
     rows[6]["scores"] = [1, 2, 3]
     train, held = _write(tmp_path / "train.jsonl", rows), _write(tmp_path / "heldout.jsonl", HELD)
-    p = replace(params, paths=replace(params.paths, train_file=str(train), heldout_file=str(held)))
+    val = _write(tmp_path / "validation.jsonl", VALID)
+    files = {"train_file": str(train), "heldout_file": str(held), "validation_file": str(val)}
+    p = replace(params, paths=replace(params.paths, **files))
     with pytest.raises(ValidationFailed, match=r"scores_count .*train.jsonl:7"):
         run_validate(p)
 
