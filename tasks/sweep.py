@@ -124,12 +124,12 @@ def select(
     if metric not in METRICS:
         raise SweepError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
     by_values: dict[tuple, dict[int, float]] = {}
+    by_name = {exp["name"]: exp for exp in found}
     failed = []
-    for exp in found:
-        if exp["name"] not in names:
-            continue
-        if not exp["metrics"] or SELECTED not in exp["metrics"]:
-            failed.append(exp["name"])
+    for name in names:
+        exp = by_name.get(name)
+        if exp is None or not exp["metrics"] or SELECTED not in exp["metrics"]:
+            failed.append(name)  # failed in the queue, or never ran
             continue
         values = tuple((key, exp["params"].get(key)) for key in axes)
         by_values.setdefault(values, {})[int(exp["params"]["seed"])] = float(exp["metrics"][SELECTED][metric])
