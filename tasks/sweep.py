@@ -2,9 +2,9 @@
 `validation_eval` stage's metrics, never on the held-out file.
 
 DVC does the work: `dvc exp run --queue -S key=a,b -S seed=1,2,3 validation_eval` queues the grid (one experiment
-per combination, each in its own temporary copy of the project), `dvc exp run --run-all` runs it, and DVC's run
-cache restores a stage whose command, dependencies and params it has seen before (one SFT per seed, whatever the
-GRPO settings). The target stage and everything it depends on run; `evaluate` (held-out) and registration do not.
+per combination, each in its own temporary copy of the project), `dvc exp run --run-all` runs it. The target stage
+and the stages it depends on run where their inputs differ from the committed dvc.lock (with the committed seed,
+SFT is skipped for a GRPO or reward sweep); `evaluate` (held-out) and registration never run.
 This module only groups the finished experiments by their swept values, averages the validation metric over seeds
 and names the best setting.
 """
