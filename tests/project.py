@@ -56,6 +56,20 @@ def tiny_params(root: Path, *extra: str):
     return p
 
 
+def data_paths(folder: Path):
+    """A PathsConfig with every file and folder of a project under folder (data files directly in it)."""
+    from tasks.config import PathsConfig
+
+    return PathsConfig(
+        data_dir=str(folder),
+        train_file=str(folder / "train.jsonl"),
+        heldout_file=str(folder / "heldout.jsonl"),
+        validation_file=str(folder / "validation.jsonl"),
+        models_dir=str(folder / "models"),
+        reports_dir=str(folder / "reports"),
+    )
+
+
 def sh(args, cwd, env, check=True):
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:

@@ -6,8 +6,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from project import data_paths
 
-from tasks.config import PathsConfig, TaskConfig, load_params
+from tasks.config import TaskConfig, load_params
 from tasks.data import (
     DataFileError,
     embedded_splits,
@@ -39,28 +40,18 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _paths(folder) -> PathsConfig:
-    return PathsConfig(
-        data_dir=str(folder),
-        train_file=str(folder / "train.jsonl"),
-        heldout_file=str(folder / "heldout.jsonl"),
-        validation_file=str(folder / "validation.jsonl"),
-        models_dir=str(folder / "models"),
-        reports_dir=str(folder / "reports"),
-    )
-
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
-    a = generate_dataset(_paths(tmp_path / "a"), TASK)
-    b = generate_dataset(_paths(tmp_path / "b"), TASK)
+    a = generate_dataset(data_paths(tmp_path / "a"), TASK)
+    b = generate_dataset(data_paths(tmp_path / "b"), TASK)
     assert list(a) == ["train", "heldout", "validation"]
     assert [_digest(p) for p in a.values()] == [_digest(p) for p in b.values()]
-    c = generate_dataset(_paths(tmp_path / "c"), replace(TASK, train_seed=7))
+    c = generate_dataset(data_paths(tmp_path / "c"), replace(TASK, train_seed=7))
     assert _digest(c["train"]) != _digest(a["train"])
 
 
 def test_rows_follow_the_schema_and_the_labelling_rule(tmp_path):
-    files = generate_dataset(_paths(tmp_path), TASK)
+    files = generate_dataset(data_paths(tmp_path), TASK)
     rows, held, val = (read_jsonl(files[split]) for split in ("train", "heldout", "validation"))
     assert len(rows) == 300 and len(held) == 60 and len(val) == 40
     for row in rows + val:
@@ -79,7 +70,7 @@ def test_the_validation_split_leaves_train_and_heldout_as_data_dvc_pinned_them(t
     ones of the two-file data folder data.dvc pinned before it (dir md5 4c3d2073bc8a415db1dd233aa074a929), and a
     different validation seed or size changes the validation file only."""
     p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    files = generate_dataset(_paths(tmp_path / "default"), p.task)
+    files = generate_dataset(data_paths(tmp_path / "default"), p.task)
     md5 = {split: hashlib.md5(path.read_bytes()).hexdigest() for split, path in files.items()}
     assert md5["train"] == "cf6b010448af7c43e42d57dad8aaa011"
     assert md5["heldout"] == "c53d8f4d81c9d86e6d8ed94f2f0c7310"

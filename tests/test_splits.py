@@ -7,8 +7,9 @@ import random
 from pathlib import Path
 
 import pytest
+from project import data_paths
 
-from tasks.config import PathsConfig, TaskConfig
+from tasks.config import TaskConfig
 from tasks.data import DataFileError, embedded_splits, read_jsonl, write_jsonl
 from tasks.splits import SplitRefused, carve_validation, complete_embedded
 
@@ -26,16 +27,6 @@ TASK = TaskConfig(
     modifier_rate=0.0,
 )
 
-
-def _paths(folder: Path) -> PathsConfig:
-    return PathsConfig(
-        data_dir=str(folder),
-        train_file=str(folder / "train.jsonl"),
-        heldout_file=str(folder / "heldout.jsonl"),
-        validation_file=str(folder / "validation.jsonl"),
-        models_dir=str(folder / "models"),
-        reports_dir=str(folder / "reports"),
-    )
 
 
 def _rows(first: int, n: int) -> list[dict]:
@@ -55,7 +46,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_missing_embedded_files_are_generated_and_a_missing_validation_split_is_added(tmp_path):
-    paths = _paths(tmp_path)
+    paths = data_paths(tmp_path)
     assert complete_embedded(paths, TASK) == ["train", "heldout", "validation"]
     first = _snapshot(tmp_path)
     assert complete_embedded(paths, TASK) == []  # all there: nothing to do
@@ -67,7 +58,7 @@ def test_missing_embedded_files_are_generated_and_a_missing_validation_split_is_
 
 
 def test_a_missing_validation_file_beside_other_data_fails_naming_both_ways_out(tmp_path):
-    paths = _paths(tmp_path)
+    paths = data_paths(tmp_path)
     write_jsonl(paths.train_file, _rows(0, 40))
     write_jsonl(paths.heldout_file, _rows(100, 10))
     before = _snapshot(tmp_path)
@@ -88,7 +79,7 @@ def test_a_missing_validation_file_beside_other_data_fails_naming_both_ways_out(
 
 
 def test_split_moves_exactly_the_rows_whose_prompt_hashes_below_the_fraction(tmp_path):
-    paths = _paths(tmp_path)
+    paths = data_paths(tmp_path)
     rows = _rows(0, 400)
     write_jsonl(paths.train_file, rows)
     carved = carve_validation(paths, 0.1)
@@ -103,12 +94,12 @@ def test_a_rows_split_depends_on_its_prompt_only(tmp_path):
     """Shuffled and with rows appended, the original rows fall on the same side as before."""
     rows = _rows(0, 300)
     write_jsonl(tmp_path / "a" / "train.jsonl", rows)
-    carve_validation(_paths(tmp_path / "a"), 0.05)
+    carve_validation(data_paths(tmp_path / "a"), 0.05)
     first = {r["prompt"] for r in read_jsonl(tmp_path / "a" / "validation.jsonl")}
     more = [*rows, *_rows(1000, 300)]
     random.Random(0).shuffle(more)
     write_jsonl(tmp_path / "b" / "train.jsonl", more)
-    carve_validation(_paths(tmp_path / "b"), 0.05)
+    carve_validation(data_paths(tmp_path / "b"), 0.05)
     second = {r["prompt"] for r in read_jsonl(tmp_path / "b" / "validation.jsonl")}
     assert first and second - first
     assert second & {r["prompt"] for r in rows} == first
@@ -116,7 +107,7 @@ def test_a_rows_split_depends_on_its_prompt_only(tmp_path):
 
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 0.51, 1.0])
 def test_split_refuses_a_fraction_outside_the_range(tmp_path, fraction):
-    paths = _paths(tmp_path)
+    paths = data_paths(tmp_path)
     write_jsonl(paths.train_file, _rows(0, 50))
     before = _snapshot(tmp_path)
     with pytest.raises(SplitRefused, match=r"--fraction must be in \(0, 0.5\]"):
@@ -125,7 +116,7 @@ def test_split_refuses_a_fraction_outside_the_range(tmp_path, fraction):
 
 
 def test_split_refuses_an_existing_validation_file_unless_forced(tmp_path):
-    paths = _paths(tmp_path)
+    paths = data_paths(tmp_path)
     write_jsonl(paths.train_file, _rows(0, 200))
     write_jsonl(paths.validation_file, _rows(500, 3))
     before = _snapshot(tmp_path)
@@ -138,7 +129,7 @@ def test_split_refuses_an_existing_validation_file_unless_forced(tmp_path):
 
 
 def test_split_refuses_to_leave_a_file_empty(tmp_path):
-    paths = _paths(tmp_path)
+    paths = data_paths(tmp_path)
     rows = _rows(0, 3)
     assert not any(_below(r["prompt"], 0.01) for r in rows)
     write_jsonl(paths.train_file, rows)
@@ -151,7 +142,7 @@ def test_split_refuses_to_leave_a_file_empty(tmp_path):
 def test_a_failed_train_write_takes_the_new_validation_file_back(tmp_path, monkeypatch):
     from tasks import splits
 
-    paths = _paths(tmp_path)
+    paths = data_paths(tmp_path)
     write_jsonl(paths.train_file, _rows(0, 100))
     before = _snapshot(tmp_path)
     calls = []
@@ -174,7 +165,7 @@ def test_the_cli_says_what_moved_and_refuses_with_exit_2(tmp_path):
 
     from flows.cli import app
 
-    paths = _paths(tmp_path)
+    paths = data_paths(tmp_path)
     rows = _rows(0, 200)
     write_jsonl(paths.train_file, rows)
     where = ["--set", f"paths.train_file={paths.train_file}", "--set", f"paths.validation_file={paths.validation_file}"]
