@@ -23,6 +23,7 @@ from typing import Any
 
 from tasks.dvcfile import declared_paths
 from tasks.metrics import METRICS
+from tasks.tracking import flatten
 
 # the stage a sweep runs (and, through DVC, its upstream stages): it scores the checkpoints on the validation split
 TARGET = "validation_eval"
@@ -91,18 +92,8 @@ def run_queued(root: Path, jobs: int = 1) -> None:
     _dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], root, check=False)
 
 
-def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def experiments(root: Path, p: Any) -> list[dict[str, Any]]:
-    """Every experiment of the current commit, from `dvc exp show --json`: name, state, flattened params and the
+    """Every experiment of the current commit, from `dvc exp show --json`: name, flattened params (as text) and the
     validation_eval metrics (None when the experiment failed)."""
     (metrics_file,) = declared_paths(p, TARGET, "metrics")
     found = []
@@ -112,7 +103,7 @@ def experiments(root: Path, p: Any) -> list[dict[str, Any]]:
                 data = rev.get("data") or {}
                 params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
                 metrics = (data.get("metrics") or {}).get(str(metrics_file), {}).get("data")
-                found.append({"name": rev.get("name"), "params": _flat(params), "metrics": metrics})
+                found.append({"name": rev.get("name"), "params": flatten(params), "metrics": metrics})
     return found
 
 

@@ -3,13 +3,14 @@ metric's direction, failures named. The sweep run by DVC for real is in tests/te
 
 import pytest
 
-from tasks.sweep import SweepError, _flat, grid_key, select, table
+from tasks.sweep import SweepError, grid_key, select, table
+from tasks.tracking import flatten
 
 
 def _exp(name, seed, weight, within_1, mae, ok=True):
     params = {"seed": seed, "reward": {"weights": {"item_accuracy": weight}}}
     metrics = {"sft": {"within_1": 0.0, "mae": 9.0}, "grpo": {"within_1": within_1, "mae": mae}} if ok else None
-    return {"name": name, "params": _flat(params), "metrics": metrics}
+    return {"name": name, "params": flatten(params), "metrics": metrics}
 
 
 FOUND = [
