@@ -50,7 +50,7 @@ def test_missing_embedded_files_are_generated_and_a_missing_validation_split_is_
     assert complete_embedded(paths, TASK) == ["train", "heldout", "validation"]
     first = _snapshot(tmp_path)
     assert complete_embedded(paths, TASK) == []  # all there: nothing to do
-    # a checkout of the embedded task from before the validation split: only that file is written
+    # a checkout holding only the embedded train and held-out files: only the validation file is written
     (tmp_path / "validation.jsonl").unlink()
     assert complete_embedded(paths, TASK) == ["validation"]
     assert _snapshot(tmp_path) == first
