@@ -46,8 +46,10 @@ run: $(VENV)/.installed-run
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+# pytest-xdist workers, each taking whole test files (a file's tests share one project and run in its order).
+TEST_WORKERS ?= 3
 test: $(VENV)/.installed-test lint
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 clean:
 	rm -rf models reports mlruns mlartifacts mlflow.db

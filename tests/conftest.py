@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -13,6 +15,27 @@ for var, value in {
     "HF_DATASETS_OFFLINE": "1",
 }.items():
     os.environ.setdefault(var, value)
+
+
+def pytest_configure(config):
+    """A Prefect home of this test process's own (one per xdist worker): every temporary Prefect server a test's
+    pipeline starts keeps its SQLite database there, never in the user's ~/.prefect, and two workers never share
+    one. Set before any test imports Prefect, which reads PREFECT_HOME when first imported."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    home = tempfile.mkdtemp(prefix=f"rewardflow-tests-prefect-{worker}-")
+    config._rewardflow_prefect_home = home
+    os.environ["PREFECT_HOME"] = home
+    if worker != "main":
+        # Several workers share the cores: one compute thread each (and in the commands they start). Two OpenMP
+        # threads a worker spin-wait against each other's: a tiny SFT took 10x its serial time with 3 workers.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def pytest_unconfigure(config):
+    home = getattr(config, "_rewardflow_prefect_home", None)
+    if home:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -34,3 +57,47 @@ def _mlflow_store_put_back():
         os.environ.pop(var, None)
         if value is not None:
             os.environ[var] = value
+
+
+ORDERS = ("file", "reverse", "random")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--order",
+        choices=ORDERS,
+        default="file",
+        help="test order: file (as written), reverse, or random (with --order-seed); a module marked `ordered` "
+        "moves as a whole and keeps its own order (its tests are the steps of one scenario)",
+    )
+    parser.addoption("--order-seed", type=int, default=None, help="the seed of --order random")
+
+
+def pytest_report_header(config):
+    order = config.getoption("--order")
+    if order == "random":
+        return f"test order: random, seed {config.getoption('--order-seed')}"
+    return f"test order: {order}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Reorder for --order reverse|random: modules, and the tests inside each module not marked `ordered`. The
+    order is a function of the collected items and the seed only, so every xdist worker computes the same one."""
+    import random
+
+    order = config.getoption("--order")
+    if order == "file":
+        return
+    seed = config.getoption("--order-seed")
+    if order == "random" and seed is None:
+        raise pytest.UsageError("--order random needs --order-seed N (the seed is what reproduces a failing order)")
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(str(item.path), []).append(item)
+    shuffle = random.Random(seed).shuffle if order == "random" else list.reverse
+    groups = list(modules.values())
+    for group in groups:
+        if not group[0].get_closest_marker("ordered"):
+            shuffle(group)
+    shuffle(groups)
+    items[:] = [item for group in groups for item in group]

@@ -1,5 +1,6 @@
 """A temporary git + DVC copy of the project with tiny params, for tests that run the pipeline for real."""
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -85,8 +86,32 @@ def set_params(repo: Path, changes: dict) -> None:
 
 
 def tool_env() -> dict:
-    """The environment for the project's commands (rewardflow, dvc, mlflow, prefect): the virtual env first on PATH."""
-    return {**os.environ, **TELEMETRY_OFF, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    """The environment for the project's commands (rewardflow, dvc, mlflow, prefect): the virtual env first on PATH,
+    and this test process's shared Prefect server as PREFECT_API_URL (see shared_prefect_api). A test about
+    Prefect's temporary server removes PREFECT_API_URL from it."""
+    return {
+        **os.environ,
+        **TELEMETRY_OFF,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PREFECT_API_URL": shared_prefect_api(),
+    }
+
+
+_SHARED_PREFECT: dict[str, str] = {}
+
+
+def shared_prefect_api() -> str:
+    """The API URL of one `prefect server start` per test process (per xdist worker), started on first use, stopped
+    when the process exits. The pipelines that tests run as commands record their flow runs there instead of each
+    starting Prefect's temporary server (~10 s of CPU per run on 2 cores); what a test checks of a run is the same
+    on either server. The temporary server's own behaviour is tested where a test removes PREFECT_API_URL."""
+    if "api" not in _SHARED_PREFECT:
+        stack = contextlib.ExitStack()
+        _SHARED_PREFECT["api"] = stack.enter_context(
+            prefect_server(Path(os.environ["PREFECT_HOME"]) / "shared-server", like_temporary=True)
+        )
+        atexit.register(stack.close)
+    return _SHARED_PREFECT["api"]
 
 
 def make_repo(repo: Path, generate: bool = True):
@@ -251,20 +276,25 @@ def stop_group(proc: subprocess.Popen, seconds: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, seconds: float = 180):
-    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME and a 2 s scheduler loop (so that a new
-    schedule's runs exist within seconds); yields its API URL, stops it and its children afterwards."""
+def prefect_server(home: Path, seconds: float = 180, like_temporary: bool = False):
+    """`prefect server start` on 127.0.0.1 (no UI) with its own PREFECT_HOME; yields its API URL, stops it and its
+    children afterwards. By default with every service and a 2 s scheduler loop (a new schedule's runs exist within
+    seconds); like_temporary: with only the services of the temporary server a flow starts when no server is set
+    (Prefect's PREFECT__SERVER_EPHEMERAL), which is what a pipeline run by hand talks to."""
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env |= {
-        "PREFECT_HOME": str(home),
-        **TELEMETRY_OFF,
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-    }
+    env |= {"PREFECT_HOME": str(home), **TELEMETRY_OFF}
+    if like_temporary:
+        env["PREFECT__SERVER_EPHEMERAL"] = "1"
+    else:
+        env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "2"
     port = free_port()
     log = (home / "server.log").open("w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            *(str(Path(sys.executable).parent / "prefect"), "server", "start", "--no-ui"),
+            *("--host", "127.0.0.1", "--port", str(port)),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -13,7 +13,7 @@ from project import sh as _sh
 
 from tasks.stages import STAGES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ordered]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from project import ROOT, make_repo, set_params, sh
 
 from tasks.stages import STAGES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ordered]
 
 STAGE_NAMES = tuple(STAGES)
 # words for scores 0..10, in order: the prompt says each item's score in words

@@ -12,7 +12,7 @@ from project import free_port, make_repo, mlflow_server, set_params, sh
 
 from tasks.telemetry import TELEMETRY_OFF
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ordered]
 
 
 @pytest.fixture(scope="module")

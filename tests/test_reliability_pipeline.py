@@ -20,7 +20,7 @@ from safetensors.numpy import load_file
 from tasks.checkpoints import COMPLETE_MARKER
 from tasks.config import load_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ordered]
 
 SFT_STEPS, SFT_SAVE = 150, 10
 GRPO_STEPS, GRPO_SAVE = 12, 3

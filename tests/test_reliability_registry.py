@@ -141,43 +141,58 @@ def _do(client, name, op, arg):
     return promotion.rollback(client, name, arg)
 
 
-# A process that runs one registry operation and dies with SIGKILL just before the named registry call (the first
-# whose arguments end with the marker); only the MLflow client method is wrapped, the server and its store are real.
-# Its lock declares a 2 s TTL, so a re-run counts it out 2 s after its last heartbeat.
+# Registry operations that each die with SIGKILL just before the named registry call (the first whose arguments end
+# with the marker); only the MLflow client method is wrapped, the server and its store are real. One process imports
+# MLflow and the registry code once, then forks a child per operation (what dies is a whole process, as a killed
+# pipeline would, without each one paying the imports). Their locks declare a 2 s TTL, so a re-run counts a dead
+# holder out 2 s after its last heartbeat. Prints how each child ended: {name: its exit status, or minus the signal}.
 CRASH = """
-import os, signal, sys
+import json, os, signal, sys, traceback
 from mlflow import MlflowClient
 sys.path.insert(0, sys.argv[1])
 from tasks import registry_lock
 from test_reliability_registry import _do
 registry_lock.LOCK_TTL_S = 2.0
-uri, name, op, arg, method, marker = sys.argv[2:8]
-real = getattr(MlflowClient, method)
-def dying(self, *args, **kwargs):
-    if any(str(a).endswith(marker) for a in (*args, *kwargs.values())):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(self, *args, **kwargs)
-setattr(MlflowClient, method, dying)
-_do(MlflowClient(uri, uri), name, op, arg)
-print("not killed")
+uri, cases = sys.argv[2], json.loads(sys.argv[3])
+children = {}
+for name, op, arg, method, marker in cases:
+    pid = os.fork()
+    if pid == 0:
+        real = getattr(MlflowClient, method)
+        def dying(self, *args, **kwargs):
+            if any(str(a).endswith(marker) for a in (*args, *kwargs.values())):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(self, *args, **kwargs)
+        setattr(MlflowClient, method, dying)
+        try:
+            _do(MlflowClient(uri, uri), name, op, arg)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)  # not killed: the marker never came
+    children[pid] = name
+ended = {}
+for _ in children:
+    pid, status = os.wait()
+    ended[children[pid]] = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+print(json.dumps(ended))
 """
 
 
-def _crash(server, name, op, arg, method, marker) -> subprocess.Popen:
-    """Start a CRASH process (see above)."""
-    return subprocess.Popen(
-        [sys.executable, "-c", CRASH, str(Path(__file__).parent), server.uri, name, op, arg, method, marker],
+def _crash_all(server, cases: list[tuple[str, str, str, str, str]]) -> None:
+    """Run every (name, op, arg, method, marker) case as a CRASH child (see above); fail unless each one died by
+    SIGKILL at its marker."""
+    result = subprocess.run(
+        [sys.executable, "-c", CRASH, str(Path(__file__).parent), server.uri, json.dumps(cases)],
         cwd=ROOT,
         env={**os.environ, **FAST_CLIENT},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
+        timeout=240,
     )
-
-
-def _killed(name, process) -> None:
-    out, err = process.communicate(timeout=240)
-    assert process.returncode == -signal.SIGKILL, f"{name}: {out}\n{err[-3000:]}"
+    assert result.returncode == 0, result.stderr[-3000:]
+    ended = json.loads(result.stdout.strip().splitlines()[-1])
+    assert ended == {case[0]: -signal.SIGKILL for case in cases}, f"{ended}\n{result.stderr[-3000:]}"
 
 
 CRASH_POINTS = [
@@ -209,12 +224,10 @@ def test_a_crash_at_any_registration_step_is_finished_by_the_rerun(server, clien
     for i, (method, marker, within_1) in enumerate(CRASH_POINTS):
         name = f"crash-{i}"  # (a name ending like a marker would trip the wrong call)
         _register(client, name, _run(client, experiment_id), 0.5)  # v1, the champion
-        run_id = _run(client, experiment_id)
-        process = _crash(server, name, "register", f"{run_id}:{within_1}", method, marker)
-        cases.append((name, run_id, within_1, marker, process))
-    for name, run_id, within_1, marker, process in cases:
-        _killed(name, process)
-
+        cases.append((name, "register", f"{_run(client, experiment_id)}:{within_1}", method, marker))
+    _crash_all(server, cases)
+    for name, _, arg, _, marker in cases:
+        run_id, within_1 = arg.split(":")[0], float(arg.split(":")[1])
         before = _state(client, name)
         started = time.perf_counter()
         version, decision, _ = _register(client, name, run_id, within_1)  # the re-run
@@ -272,9 +285,9 @@ def test_a_crash_at_any_write_of_promote_or_rollback_is_finished_by_the_rerun(se
         # v2: rejected (0.4) for promote to promote by hand; promoted (0.9) for rollback to undo
         _register(client, name, _run(client, experiment_id), 0.4 if op == "promote" else 0.9)
         arg = "2" if op == "promote" else "crash test"  # promote v2; rollback's reason
-        cases.append((name, op, arg, _crash(server, name, op, arg, method, marker)))
-    for name, op, arg, process in cases:
-        _killed(name, process)
+        cases.append((name, op, arg, method, marker))
+    _crash_all(server, cases)
+    for name, op, arg, _, _ in cases:
         result = _do(client, name, op, arg)  # the re-run
         state = _state(client, name)
         assert not state["locked"], name

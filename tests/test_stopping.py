@@ -15,7 +15,7 @@ from project import make_repo, set_params
 
 from tasks.checkpoints import COMPLETE_MARKER
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ordered]
 
 # Measured on the 2-core machine: ~1.5 s from the signal to the exit (the Prefect server gone after ~1 s).
 STOP_WITHIN_S = 10
