@@ -1,3 +1,12 @@
+"""How the suite runs. `make test` runs it on 3 pytest-xdist workers (`TEST_WORKERS`), each taking whole test files
+(`--dist loadfile`): a file's tests share its module fixtures (one project, one server) and run in the file's order.
+Each worker has its own Prefect home, one compute thread (OMP_NUM_THREADS=1, inherited by the commands it starts)
+and, on first use, its own Prefect server for the pipelines tests run as commands (tests/project.py
+shared_prefect_api). A module marked `ordered` is one scenario in steps on one shared project; the tests of every
+other module may run in any order. `--order reverse` or `--order random --order-seed N` reorders modules and the tests
+inside the unordered ones. Plain `pytest` (no -n) runs everything in one process: the way to run one test.
+"""
+
 import os
 import shutil
 import sys

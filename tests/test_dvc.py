@@ -23,7 +23,11 @@ def repo(tmp_path_factory):
 
 def test_rewardflow_run_leaves_dvc_clean_and_reruns_nothing(tmp_path):
     """The in-process pipeline agrees with DVC: from a fresh clone it generates the pinned data, runs every stage,
-    leaves `dvc status` clean with dvc.lock written; run again, it skips every stage."""
+    leaves `dvc status` clean with dvc.lock written; run again, it skips every stage.
+
+    Slow: a whole pipeline from a fresh clone (data generated, the MLflow store created), then the unchanged re-run and
+    `dvc repro`.
+    """
     repo, env = _make_repo(tmp_path / "repo", generate=False)
     first = _sh(["rewardflow", "run"], repo, env)
     assert [line.split()[0] for line in first.stdout.splitlines() if " ran " in f" {line} "] == list(STAGES)
@@ -43,6 +47,8 @@ def _ran(output: str) -> list[str]:
 
 
 def test_repro_then_noop_then_only_downstream_of_a_change(repo):
+    """Slow: `dvc repro` runs every stage as a command of its own (each starts Python and imports torch, TRL and, for
+    validate, Great Expectations), then three of them again."""
     repo, env = repo
     first = _sh(["dvc", "repro"], repo, env)
     assert _ran(first.stdout) == list(STAGES)
@@ -96,7 +102,11 @@ def test_reward_weight_experiment(repo):
     """The article's "don't trust the default weights", the DVC way, tuned on the validation split: `rewardflow
     sweep` queues experiments with the target validation_eval, which run only the stages the reward feeds up to the
     validation metrics, never evaluate; `dvc exp show` lists each experiment's metrics under their file, the
-    held-out ones still the baseline's; the sweep ranks by the validation metric."""
+    held-out ones still the baseline's; the sweep ranks by the validation metric.
+
+    Slow: a real sweep: a baseline `dvc repro`, then two DVC experiments through the queue, each running grpo and
+    validation_eval as commands in its own workspace.
+    """
     repo, env = repo
     _sh(["git", "checkout", "-q", "--", "data.dvc", "params.yaml"], repo, env)
     _sh(["dvc", "checkout", "-q"], repo, env, check=False)

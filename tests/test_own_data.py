@@ -101,7 +101,10 @@ def lock_outs(repo: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def walkthrough(tmp_path_factory):
     """A fresh clone of the project (tiny params, the embedded data pinned but absent) where the README's own-data
-    walk-through ran: (repo, env, [(command, output)])."""
+    walk-through ran: (repo, env, [(command, output)]).
+
+    Slow: the README block runs as written: nine commands, two of them whole pipelines.
+    """
     base = tmp_path_factory.mktemp("own-data")
     repo, env = make_repo(base / "repo", generate=False)
     env = {**env, **GIT_IDENTITY, "MY_DATA": str(own_data(base / "my-data"))}
@@ -205,7 +208,10 @@ def test_a_clone_elsewhere_pulls_and_has_nothing_to_rerun(walkthrough, teammate)
 def test_retraining_the_same_commit_elsewhere_gives_the_same_bytes(walkthrough, teammate):
     """Every stage re-run in the clone at another path: every output a later stage depends on (the validation
     report, both checkpoints) and the held-out metrics are byte-identical to the first machine's. Only the
-    outputs nothing depends on differ: GE's time-stamped Data Docs and the training logs' wall times."""
+    outputs nothing depends on differ: GE's time-stamped Data Docs and the training logs' wall times.
+
+    Slow: `dvc repro --force` re-runs all five stages as commands.
+    """
     repo, _, _ = walkthrough
     clone, env, _ = teammate
     ran = sh(["dvc", "repro", "--force"], clone, env).stdout

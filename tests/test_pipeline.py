@@ -56,6 +56,8 @@ def _runs(client, parent_id):
 
 
 def test_first_run_trains_tracks_and_registers_a_champion(project):
+    """Slow: the first pipeline run of the module (every stage, the MLflow store created, a model logged and
+    registered)."""
     from flows.pipeline import training_pipeline
 
     repo, env = project
@@ -282,7 +284,10 @@ def test_retraining_deployment_is_served_on_its_cron_schedule(project):
 
 def test_pipeline_against_a_real_mlflow_server(project, tmp_path, monkeypatch):
     """`mlflow server` on 127.0.0.1 as the tracking server and registry: the pipeline registers the (DVC-current)
-    model there, and a fresh process loads the champion from it and predicts scores."""
+    model there, and a fresh process loads the champion from it and predicts scores.
+
+    Slow: an `mlflow server` starts, the pipeline registers through it, and a fresh process loads the champion.
+    """
     import subprocess
     import sys
 
@@ -332,7 +337,10 @@ print(json.dumps({"imports": imports, "health": health, "torch": "torch" in sys.
 
 def test_warm_up_starts_prefect_in_a_thread_that_imports_nothing(tmp_path):
     """warm_up overlaps Prefect's server start with the heavy imports, and only the main thread imports: a
-    background thread importing alongside the main one broke sqlalchemy's circular imports on a loaded machine."""
+    background thread importing alongside the main one broke sqlalchemy's circular imports on a loaded machine.
+
+    Slow: a fresh Python starts Prefect's temporary server and imports torch and TRL.
+    """
     import subprocess
     import sys
 

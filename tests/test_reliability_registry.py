@@ -219,7 +219,10 @@ CRASH_POINTS = [
 
 def test_a_crash_at_any_registration_step_is_finished_by_the_rerun(server, client, experiment_id):
     """kill -9 between any two registry writes, then re-run the registration of the same training run: exactly one
-    new version, the right aliases and history, a recorded decision, no lock left behind."""
+    new version, the right aliases and history, a recorded decision, no lock left behind.
+
+    Slow: nine crash points, each a process killed mid-registration whose re-run waits out the dead holder's lock.
+    """
     cases = []
     for i, (method, marker, within_1) in enumerate(CRASH_POINTS):
         name = f"crash-{i}"  # (a name ending like a marker would trip the wrong call)
@@ -277,7 +280,10 @@ PROMOTE_AND_ROLLBACK_CRASH_POINTS = [
 
 def test_a_crash_at_any_write_of_promote_or_rollback_is_finished_by_the_rerun(server, client, experiment_id):
     """kill -9 before each write of `promote` and `rollback`, then the same command again: one consistent state,
-    one champion, the history and the tags on both versions, no lock left, and never a second rollback."""
+    one champion, the history and the tags on both versions, no lock left, and never a second rollback.
+
+    Slow: eleven crash points, each a process killed mid-write whose re-run waits out the dead holder's lock.
+    """
     cases = []
     for i, (op, method, marker) in enumerate(PROMOTE_AND_ROLLBACK_CRASH_POINTS):
         name = f"{op}-crash-{i}"
@@ -570,7 +576,10 @@ def test_server_killed_between_two_registry_writes_then_the_rerun_finishes(
 ):
     """The tracking server dies between two writes of a registration (the process then fails on its next call and
     leaves its lock behind); once the server is back, re-running the registration of the same training run
-    finishes it: one new version, not two, the aliases, history and decision right, no lock left."""
+    finishes it: one new version, not two, the aliases, history and decision right, no lock left.
+
+    Slow: the MLflow server is killed and started again (its start is most of the time).
+    """
     name = f"server-killed-{marker}"
     _register(client, name, _run(client, experiment_id), 0.5)
     run_id = _run(client, experiment_id)

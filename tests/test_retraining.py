@@ -145,6 +145,7 @@ def _change_row(path, index):
 
 
 def test_the_first_firing_trains_and_registers_a_champion(server, project, served, receiver):
+    """Slow: it waits for the schedule's first firing, which runs a whole pipeline through the served deployment."""
     (api, _), (repo, _) = server, project
     done = wait_until(
         lambda: [r for r in _runs(api) if r.state.is_final() and BUSY not in _message(r)], 300, "a finished firing"
@@ -175,7 +176,11 @@ def test_a_firing_on_unchanged_data_skips_without_training(server, project):
 
 def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused(server, project, receiver, background):
     """A row changed without `dvc add`: the next firing pins it (data.dvc, cache, remote), trains, registers and
-    gates version 2. While it runs, `rewardflow run` and `dvc repro` refuse at once; overlapping firings skip."""
+    gates version 2. While it runs, `rewardflow run` and `dvc repro` refuse at once; overlapping firings skip.
+
+    Slow: it waits for scheduled firings (every 20 s) and a whole retraining run, and starts two refused pipelines
+    meanwhile.
+    """
     (api, _), (repo, env) = server, project
     pinned_before = _pin(repo)
     _change_row(repo / "data" / "train.jsonl", 0)
@@ -333,7 +338,10 @@ def test_two_pipelines_at_once_one_proceeds_the_other_refuses(project):
     """Two `rewardflow run` started together after a GRPO param change and a held-out row changed without `dvc
     add`: one pins the data, retrains and registers version 3, the other refuses within seconds naming it; `dvc
     repro` beside the running one refuses too. Afterwards dvc.lock and the checkpoints agree (`dvc status` clean)
-    and exactly one version was added."""
+    and exactly one version was added.
+
+    Slow: two pipelines start at once and one of them runs to the end.
+    """
     repo, env = project
     set_params(repo, {"grpo": {"temperature": 0.9}})
     pinned_before = _pin(repo)

@@ -334,7 +334,10 @@ TRL_FUNCS = [f for mode in ("multi", "binary", "exact") for f in build_reward_fu
 @given(text=completions, truth=st.lists(st.integers(1, 5), min_size=0, max_size=6))
 def test_reward_path_never_raises_nor_returns_non_finite(text, truth):
     """Every function between a completion and a number (components, combined reward, GRPO's per-completion
-    scorer, the TRL adapters of every mode, the held-out evaluator) is total and finite on any string."""
+    scorer, the TRL adapters of every mode, the held-out evaluator) is total and finite on any string.
+
+    Slow: 10,000 hypothesis examples, some of them 100 kB strings, through every reward and metric function.
+    """
     from tasks.evaluation import score_example, score_predictions
 
     values = {name: v for name, v in score_completion(text, truth, CFG).items() if name != "prediction"}

@@ -98,7 +98,11 @@ def test_a_bad_gguf_file_fails_before_training_with_the_file_and_what_to_do(tmp_
 def test_the_pipeline_on_the_real_weights_from_the_profile(tmp_path, smollm2):
     """`rewardflow run` in a project whose params.yaml selects a SmolLM2 profile: LoRA SFT and GRPO on the real 135M
     weights, chat-formatted, merged plain-safetensors checkpoints, evaluation, registration, DVC recording; then
-    the champion loads from the registry and scores a prompt."""
+    the champion loads from the registry and scores a prompt.
+
+    Slow: the real 135M weights: training steps, two merged ~540 MB checkpoints hashed and pushed by DVC, one logged to
+    MLflow and loaded back.
+    """
     import mlflow
 
     repo, env = make_repo(tmp_path / "repo")

@@ -256,7 +256,10 @@ class ListeningSockets:
 @pytest.mark.slow
 def test_two_processes_through_accelerate_launch(tiny):
     """launcher.num_processes=2 runs sft and grpo under `accelerate launch` (DDP, gloo on this CPU): each process
-    trains on half of every batch, the main one saves a working checkpoint, and the logs carry the same keys."""
+    trains on half of every batch, the main one saves a working checkpoint, and the logs carry the same keys.
+
+    Slow: `accelerate launch` starts two training processes per stage, each importing torch and TRL.
+    """
     from tasks.evaluation import run_evaluate
     from tasks.stages import STAGES
 
