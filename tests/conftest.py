@@ -1,4 +1,4 @@
-"""How the suite runs. `make test` runs it on 3 pytest-xdist workers (`TEST_WORKERS`), each taking whole test files
+"""How the suite runs: `make test` uses pytest-xdist workers (the Makefile's TEST_WORKERS), each taking whole files
 (`--dist loadfile`): a file's tests share its module fixtures (one project, one server) and run in the file's order.
 Each worker has its own Prefect home, one compute thread (OMP_NUM_THREADS=1, inherited by the commands it starts)
 and, on first use, its own Prefect server for the pipelines tests run as commands (tests/project.py
@@ -42,6 +42,9 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    project = sys.modules.get("project")  # tests/project.py, once a test imported it
+    if project is not None:
+        project.stop_shared_prefect()
     home = getattr(config, "_rewardflow_prefect_home", None)
     if home:
         shutil.rmtree(home, ignore_errors=True)

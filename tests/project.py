@@ -97,7 +97,7 @@ def tool_env() -> dict:
     }
 
 
-_SHARED_PREFECT: dict[str, str] = {}
+_SHARED_PREFECT: dict = {}
 
 
 def shared_prefect_api() -> str:
@@ -110,8 +110,17 @@ def shared_prefect_api() -> str:
         _SHARED_PREFECT["api"] = stack.enter_context(
             prefect_server(Path(os.environ["PREFECT_HOME"]) / "shared-server", like_temporary=True)
         )
-        atexit.register(stack.close)
+        _SHARED_PREFECT["stack"] = stack
+        atexit.register(stop_shared_prefect)
     return _SHARED_PREFECT["api"]
+
+
+def stop_shared_prefect() -> None:
+    """Stop this process's shared Prefect server, if it started one (tests/conftest.py, before its home goes)."""
+    stack = _SHARED_PREFECT.pop("stack", None)
+    _SHARED_PREFECT.pop("api", None)
+    if stack is not None:
+        stack.close()
 
 
 def make_repo(repo: Path, generate: bool = True):

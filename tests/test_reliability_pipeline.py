@@ -107,7 +107,11 @@ def _reference(repo, stage, tmp_path):
 def test_a_run_on_bad_data_leaves_no_trace(project):
     """`rewardflow run` on a train file with an out-of-range score: exit 1 naming the row, and afterwards no
     checkpoint (not even a partial one), no model version, dvc.lock byte for byte as before. The temporary Prefect
-    server the run started listened on 127.0.0.1 only."""
+    server the run started listened on 127.0.0.1 only.
+
+    Slow: the run starts Prefect's temporary server and the data gate before it fails, while the test lists the
+    run's listening sockets every 0.2 s.
+    """
     repo, env = project
     train = repo / "data" / "train.jsonl"
     good = train.read_bytes()
