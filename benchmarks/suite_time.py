@@ -57,21 +57,22 @@ def main() -> None:
             ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
 
-    plan = ([(resolve(opts.baseline), "")] if opts.baseline else []) + [(resolve(opts.commit), opts.args)] * opts.runs
+    commit = resolve(opts.commit)  # once: HEAD may move while the runs go on
+    plan = ([(resolve(opts.baseline), "")] if opts.baseline else []) + [(commit, opts.args)] * opts.runs
     results = []
-    for i, (commit, args) in enumerate(plan, 1):
-        log = opts.logs / f"suite-time-{i}-{commit}.log"
-        result = fresh_run(commit, args, log)
+    for i, (rev, args) in enumerate(plan, 1):
+        log = opts.logs / f"suite-time-{i}-{rev}.log"
+        result = fresh_run(rev, args, log)
         results.append(result)
         print(
-            f"run {i}: {commit} rc {result['rc']}  make test {result['make_test_s']:.0f} s  "
+            f"run {i}: {rev} rc {result['rc']}  make test {result['make_test_s']:.0f} s  "
             f"pytest {result['pytest_s']:.0f} s  ({result['counts']}; log {log})",
             flush=True,
         )
-    measured = [r for r in results if r["commit"] == resolve(opts.commit)]
+    measured = results[1:] if opts.baseline else results
     times = sorted(r["pytest_s"] for r in measured)
     print(
-        f"\n{resolve(opts.commit)} pytest s: min {times[0]:.0f}  median {statistics.median(times):.0f}  "
+        f"\n{commit} pytest s: min {times[0]:.0f}  median {statistics.median(times):.0f}  "
         f"max {times[-1]:.0f}; make test s: " + " / ".join(f"{r['make_test_s']:.0f}" for r in measured)
     )
     if opts.baseline:

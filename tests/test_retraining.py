@@ -33,6 +33,7 @@ INTERVAL_S = 20  # the test schedule; shorter than a training run, so firings ov
 MODEL = "rewardflow-scorer"
 BLOCK = "custom-webhook/rewardflow-test"
 BUSY = "another pipeline holds this checkout"
+SLOW_SFT_STEPS = 500
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +183,10 @@ def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused
     meanwhile.
     """
     (api, _), (repo, env) = server, project
+    # a retraining long enough (SFT ~10-20 s) that the two pipelines started once it is under way find it running,
+    # however slowly they start on a loaded machine (committed: the version's lineage names this commit)
+    set_params(repo, {"sft": {"max_steps": SLOW_SFT_STEPS}})
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slower sft"], repo, env)
     pinned_before = _pin(repo)
     _change_row(repo / "data" / "train.jsonl", 0)
     changed_at = datetime.now(UTC)
