@@ -27,7 +27,7 @@ from project import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.ordered]
+pytestmark = [pytest.mark.slow, pytest.mark.ordered, pytest.mark.alone]
 
 INTERVAL_S = 20  # the test schedule; shorter than a training run, so firings overlap one
 MODEL = "rewardflow-scorer"
