@@ -3,10 +3,10 @@
 Each worker has its own Prefect home, one compute thread (OMP_NUM_THREADS=1, inherited by the commands it starts)
 and, on first use, its own Prefect server for the pipelines tests run as commands (tests/project.py
 shared_prefect_api). A module marked `ordered` is one scenario in steps on one shared project; the tests of every
-other module may run in any order. `--order reverse` or `--order random --order-seed N` reorders modules and the tests
-inside the unordered ones. Modules marked `alone` (a real schedule raced against real runs) are left out of the
-workers and run afterwards in one process. Plain `pytest` (no -n) runs everything in one process: the way to
-run one test.
+other module pass in reverse order too. `--order reverse` or `--order random --order-seed N` reorders modules and the
+tests inside the unordered ones. Modules marked `alone` (a real schedule raced against real runs) are left out of the
+workers and run afterwards in one process. Plain `pytest` (no -n) runs everything in one process: the way to run one
+test.
 """
 
 import os
