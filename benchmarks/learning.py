@@ -15,7 +15,6 @@ The base model is evaluated zero-shot, through its chat template when it has one
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import platform
@@ -29,6 +28,7 @@ from tasks.config import load_params
 from tasks.evaluation import evaluate_checkpoint
 from tasks.modeling import load_base_model, save_artifact
 from tasks.prompts import CHAT_KEY, uses_chat_template
+from tasks.reading import REFERENCES, reference_metrics, warnings
 from tasks.training import run_grpo, run_sft
 
 METRICS = (
@@ -37,6 +37,8 @@ METRICS = (
     "within_1",
     "mae",
     "format_compliance",
+    "answer_diversity",
+    "label_correlation",
     "consensus_accuracy",
     "tokens_per_prompt",
 )
@@ -45,15 +47,10 @@ METRICS = (
 def consensus_scores(p, heldout: list[dict]) -> dict[str, list[int]] | None:
     """The consensus score of every held-out prompt (what the embedded task's raters scatter around), or None when
     the held-out file is not the embedded task's."""
-    from tasks.data import generate_rows, read_jsonl
+    from tasks.data import consensus_labels
 
-    t = p.task
-    train_prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)]
-    consensus = dataclasses.replace(t, rater_bias=(0.0, 1.0, 0.0))
-    rows = generate_rows(t.n_heldout, t.heldout_seed, consensus, exclude=train_prompts)
-    if [r["prompt"] for r in rows] != [r["prompt"] for r in heldout]:
-        return None
-    return {r["prompt"]: r["scores"] for r in rows}
+    consensus = consensus_labels(p.task, heldout)
+    return None if consensus is None else {r["prompt"]: c for r, c in zip(heldout, consensus, strict=True)}
 
 
 def _with_consensus(metrics: dict, records: list[dict], consensus: dict[str, list[int]] | None) -> dict[str, float]:
@@ -74,6 +71,16 @@ def _eval(model_dir: Path, p, rows, consensus: dict[str, list[int]] | None) -> d
     metrics = _with_consensus(metrics, records, consensus)
     metrics["tokens_per_prompt"] = _tokens(model_dir, [[r["completion"]] for r in records])
     return metrics
+
+
+def _answers(p, rows: list[dict], reference: str) -> list[list[int]]:
+    """A reference answer for each row (tasks.reading.REFERENCES)."""
+    from tasks.data import consensus_labels, read_jsonl
+    from tasks.reading import CONSTANT, constant_answer
+
+    if reference == CONSTANT:
+        return [constant_answer(read_jsonl(p.paths.train_file))] * len(rows)
+    return consensus_labels(p.task, rows)
 
 
 def _tokens(model_dir: Path, completions: list[list[str]]) -> float:
@@ -129,6 +136,12 @@ def run_seed(
     consensus = consensus_scores(p, heldout)
     train_prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)]
     results: dict[str, dict] = {}
+    # the answers that need no reading (tasks/reading.py), scored on the same prompts
+    for name, metrics in reference_metrics(p, heldout).items():
+        records = [
+            {"prompt": r["prompt"], "prediction": c} for r, c in zip(heldout, _answers(p, heldout, name), strict=True)
+        ]
+        results[name] = _with_consensus(metrics, records, consensus)
 
     model, tok = load_base_model(p.model, train_prompts, p.seed, (p.task.min_score, p.task.max_score))
     chat = {CHAT_KEY: uses_chat_template(p.model.chat_template_mode, tok, p.model.name_or_path)}
@@ -171,18 +184,30 @@ def run_seed(
     return results
 
 
-def summarise(per_seed: list[dict[str, dict]]) -> str:
-    rows = [k for k in per_seed[0] if not k.startswith("timing")]
+def summarise(per_seed: list[dict[str, dict]], seeds: list[int]) -> str:
+    """The table of every model row and reference answer (last), mean ± std over seeds; then, per seed, the
+    models that are not past the constant answer."""
+    rows = [k for k in per_seed[0] if not k.startswith("timing") and k not in REFERENCES]
     rows = [*[r for r in rows if r != "sft_equal_compute"], *[r for r in rows if r == "sft_equal_compute"]]
+    references = [k for k in REFERENCES if k in per_seed[0]]
     metrics = [m for m in METRICS if all(m in r[row] for r in per_seed for row in rows)]
     lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for row in rows:
+    for row in [*rows, *references]:
         cells = []
         for m in metrics:
+            if m not in per_seed[0][row]:
+                cells.append("")
+                continue
             values = [r[row][m] for r in per_seed]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}")
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        name = f"*reference: {row}*" if row in references else row
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    trained = [r for r in rows if r != "base"]
+    lines.append("")
+    for seed, result in zip(seeds, per_seed, strict=True):
+        short = warnings(result, trained)
+        lines += [f"seed {seed}: {line}" for line in short] or [f"seed {seed}: every model past the constant answer"]
     return "\n".join(lines)
 
 
@@ -216,7 +241,7 @@ def main() -> None:
             ),
             flush=True,
         )
-    table = summarise(per_seed)
+    table = summarise(per_seed, args.seeds)
     machine = (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}"

@@ -202,6 +202,11 @@ def _print_summary(summary: dict, seconds: float) -> None:
     typer.echo("\nheld-out         " + " ".join(f"{k:>{width[k]}}" for k in SHOWN))
     for name, metrics in summary["metrics"].items():
         typer.echo(f"{name:<16} " + " ".join(f"{metrics.get(k, float('nan')):>{width[k]}.3f}" for k in SHOWN))
+    from tasks.evaluation import TRAINED
+    from tasks.reading import warnings
+
+    for line in warnings(summary["metrics"], TRAINED):
+        typer.secho(f"warning: {line}", fg="yellow")
     uri = summary["tracking_uri"]
     typer.echo(
         f"\npipeline finished in {seconds:.1f}s. Where to look next:\n"

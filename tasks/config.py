@@ -28,6 +28,8 @@ from tasks.rewards import RewardConfig
 # every section is reachable from here, where callers look for them
 from tasks.training_params import GrpoConfig, LoraConfig, ModelConfig, SftConfig  # noqa: F401
 
+# task.kind: the embedded task `rewardflow data generate` writes (tasks/data.py DRAW)
+TASK_KINDS = ("synthetic", "english")
 # data.pin: what the pipeline does with data files that differ from what their .dvc file pins
 PIN_MODES = ("pin", "refuse")
 # The built-in tokenizer has one token per score of the task's range; beyond this many it is the wrong tool.
@@ -67,6 +69,8 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
+    # the embedded task's generator; n_items, the score range and the rest describe any data
+    kind: str
     n_items: int
     min_score: int
     max_score: int
@@ -82,6 +86,7 @@ class TaskConfig:
     modifier_rate: float
 
     def __post_init__(self) -> None:
+        _check(self.kind in TASK_KINDS, "kind", f"must be one of {', '.join(TASK_KINDS)} (got {self.kind!r})")
         _check(self.n_items >= 1, "n_items", f"must be >= 1 (got {self.n_items})")
         bias = self.rater_bias
         _check(
@@ -155,6 +160,8 @@ class RegisterConfig:
     # the held-out metric the promotion gate compares (see evaluate), and the margin a challenger must win by
     primary_metric: str
     min_improvement: float
+    # refuse to promote a model that is not past the constant answer on the held-out file (tasks/reading.py)
+    require_reading: bool
 
     def __post_init__(self) -> None:
         _check(

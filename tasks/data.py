@@ -1,26 +1,30 @@
-"""The embedded scoring task and the JSONL data format.
+"""The embedded scoring tasks and the JSONL data format.
 
 A row is `{"prompt": str, "scores": [int, ...]}` — the schema users bring their own data in.
 
-The embedded task: a short synthetic restaurant review covering `n_items` aspects. Each aspect has a consensus
-score, its sentiment (+1 per positive word, -1 per negative word; "very" doubles and "not" flips the next one when
-task.modifier_rate puts modifiers in) around a neutral midpoint, clipped to the score range. Each label is one
-rater's score: task.rater_bias gives the probabilities that the rater scores one point below, at, or one point
-above the consensus. With the default [0.35, 0.3, 0.35] the most frequent label of a review is one of the two
-off-by-one scores, not the consensus: a likelihood-trained model that decodes greedily imitates the most frequent
-rater, while the consensus is what is within 1 of every rater (the reward's within-1 and MAE terms pay for that).
+Two embedded tasks (task.kind): english (tasks/english_task.py: plain English reviews, for pretrained models) and
+synthetic, described here and built for a model learning from nothing: a short synthetic restaurant review covering
+`n_items` aspects. Each aspect has a consensus score, its sentiment (+1 per positive word, -1 per negative word;
+"very" doubles and "not" flips the next one when task.modifier_rate puts modifiers in) around a neutral midpoint,
+clipped to the score range. Each label is one rater's score: task.rater_bias gives the probabilities that the rater
+scores one point below, at, or one point above the consensus. With the default [0.35, 0.3, 0.35] the most frequent
+label of a review is one of the two off-by-one scores, not the consensus: a likelihood-trained model that decodes
+greedily imitates the most frequent rater, while the consensus is what is within 1 of every rater (the reward's
+within-1 and MAE terms pay for that).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks import english_task
 from tasks.config import DATA_SPLITS, PathsConfig, TaskConfig
 
 ASPECTS = ("food", "service", "price", "ambience", "location", "cleanliness", "menu", "drinks")
@@ -76,26 +80,41 @@ def _aspect_phrase(rng: random.Random, aspect: str, max_words: int, modifier_rat
     return f"{aspect} : {text} .", phrase_sentiment(text.split())
 
 
+def _draw_synthetic(rng: random.Random, aspects: tuple[str, ...], task: TaskConfig) -> tuple[str, list[int]]:
+    """A prompt of the synthetic task and its consensus scores."""
+    min_score, max_score = task.min_score, task.max_score
+    # Enough sentiment words per aspect to reach both ends of the score range from the midpoint (as far as the
+    # word lists allow: on a range wider than 2 * len(POSITIVE) the extremes are never the consensus).
+    max_words = min((max_score - min_score) // 2, len(POSITIVE), len(NEGATIVE))
+    phrases, scores = [], []
+    for aspect in aspects:
+        phrase, sentiment = _aspect_phrase(rng, aspect, max_words, task.modifier_rate)
+        phrases.append(phrase)
+        scores.append(label_for(sentiment, min_score, max_score))
+    return f"review : {' '.join(phrases)} rate {' '.join(aspects)} from {min_score} to {max_score} :", scores
+
+
+# task.kind -> how a prompt and its consensus scores are drawn (tasks.config.TASK_KINDS names the same kinds)
+DRAW = {"synthetic": _draw_synthetic, "english": english_task.draw}
+
+
 def generate_rows(n: int, seed: int, task: TaskConfig, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """n distinct rows of the embedded task described by `task` (params.yaml's task section; its n_items, score
-    range, rater_bias and modifier_rate: n and seed are given here), none of whose prompts is in `exclude`. The
-    same arguments always give the same rows.
+    """n distinct rows of the embedded task described by `task` (params.yaml's task section: its kind, n_items,
+    score range, rater_bias and modifier_rate; n and seed are given here), none of whose prompts is in `exclude`.
+    The same arguments always give the same rows.
 
     Each row's scores are one rater's: with probabilities task.rater_bias = (below, at, above) the rater scores an
     aspect one point below, at, or one point above its consensus score (clipped to the range). The prompts do
     not depend on rater_bias: the raters draw from their own seeded stream. task.modifier_rate is the probability
-    that a sentiment word carries "very" or "not".
+    that a sentiment word (synthetic) or a sentence (english) carries a negation or an intensifier.
     """
     n_items, min_score, max_score = task.n_items, task.min_score, task.max_score
-    rater_bias, modifier_rate = task.rater_bias, task.modifier_rate
     if not 1 <= n_items <= len(ASPECTS):
         raise ValueError(f"the embedded task supports 1..{len(ASPECTS)} items (task.n_items), got {n_items}")
+    draw = DRAW[task.kind]
     rng = random.Random(seed)
     raters = random.Random(f"raters-{seed}")
     aspects = ASPECTS[:n_items]
-    # Enough sentiment words per aspect to reach both ends of the score range from the midpoint (as far as the
-    # word lists allow: on a range wider than 2 * len(POSITIVE) the extremes are never the consensus).
-    max_words = min((max_score - min_score) // 2, len(POSITIVE), len(NEGATIVE))
     seen = set(exclude)
     rows: list[dict[str, Any]] = []
     attempts = 0
@@ -103,16 +122,11 @@ def generate_rows(n: int, seed: int, task: TaskConfig, exclude: Iterable[str] = 
         attempts += 1
         if attempts > 50 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct prompts for this task size; lower task.n_train/n_heldout")
-        phrases, scores = [], []
-        for aspect in aspects:
-            phrase, sentiment = _aspect_phrase(rng, aspect, max_words, modifier_rate)
-            phrases.append(phrase)
-            scores.append(label_for(sentiment, min_score, max_score))
-        prompt = f"review : {' '.join(phrases)} rate {' '.join(aspects)} from {min_score} to {max_score} :"
+        prompt, scores = draw(rng, aspects, task)
         if prompt in seen:
             continue
         seen.add(prompt)
-        offsets = raters.choices((-1, 0, 1), weights=rater_bias, k=len(scores))
+        offsets = raters.choices((-1, 0, 1), weights=task.rater_bias, k=len(scores))
         scores = [max(min_score, min(max_score, s + o)) for s, o in zip(scores, offsets, strict=True)]
         rows.append({"prompt": prompt, "scores": scores})
     return rows
@@ -149,6 +163,16 @@ def embedded_splits(task: TaskConfig) -> dict[str, list[dict[str, Any]]]:
     validation = generate_rows(task.n_validation, task.validation_seed, task, exclude=taken)
     splits = {"train": train, "heldout": heldout, "validation": validation}
     return {split: splits[split] for split in DATA_SPLITS}
+
+
+def consensus_labels(task: TaskConfig, rows: Sequence[dict[str, Any]]) -> list[list[int]] | None:
+    """The consensus scores of rows when they are one split of the embedded task `task` describes (the scores
+    before the raters' noise, in row order), else None."""
+    prompts = [r["prompt"] for r in rows]
+    for split in embedded_splits(dataclasses.replace(task, rater_bias=(0.0, 1.0, 0.0))).values():
+        if [r["prompt"] for r in split] == prompts:
+            return [r["scores"] for r in split]
+    return None
 
 
 def generate_dataset(paths: PathsConfig, task: TaskConfig) -> dict[str, Path]:

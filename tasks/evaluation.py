@@ -14,12 +14,14 @@ from typing import Any
 
 from tasks.config import Params
 from tasks.data import read_jsonl, write_jsonl
-from tasks.metrics import COUNT, METRICS, Scored, aggregate
+from tasks.metrics import COUNT, EXAMPLE_METRICS, METRICS, Scored, aggregate
 from tasks.rewards import RewardConfig, score_completion
 
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = (*METRICS, COUNT)
+# the trained checkpoints the evaluation stages score (models/<name>), beside tasks.reading's reference answers
+TRAINED = ("sft", "grpo")
 # the metrics files of the two evaluation stages under paths.reports_dir (dvc.yaml declares the same)
 EVAL_REPORT = "eval.json"
 VALIDATION_REPORT = "validation_eval.json"
@@ -35,7 +37,7 @@ def score_example(text: str, truth: Sequence[int], config: RewardConfig, score_s
     else:
         errors = [min(abs(p - g), score_span) for p, g in zip(pred, truth, strict=True)]
     scored = Scored(scores, errors)
-    return {"prediction": pred, **{m.example_key: m.of_example(scored) for m in METRICS.values()}}
+    return {"prediction": pred, **{m.example_key: m.of_example(scored) for m in EXAMPLE_METRICS.values()}}
 
 
 def score_predictions(
@@ -54,7 +56,7 @@ def score_predictions(
         raise ValueError(f"{len(texts)} completions for {len(truths)} ground truths")
     span = max_score - min_score
     examples = [score_example(t, g, config, span) for t, g in zip(texts, truths, strict=True)]
-    return aggregate(examples), examples
+    return aggregate(examples, truths), examples
 
 
 def generate_greedy(
@@ -133,12 +135,15 @@ def evaluate_file(
     rows_file: str | Path,
     report: str,
     predictions: str | None,
-    checkpoints: Sequence[str] = ("sft", "grpo"),
+    checkpoints: Sequence[str] = TRAINED,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate the checkpoints side by side on the rows of rows_file; write paths.reports_dir/<report> as
-    {checkpoint: metrics} and, when `predictions` is a pattern such as "predictions_{}.jsonl", each checkpoint's
-    per-example records there."""
+    """Evaluate the checkpoints side by side on the rows of rows_file, with the answers that need no reading
+    (tasks.reading: the constant answer, the consensus on the embedded tasks); write paths.reports_dir/<report> as
+    {checkpoint or reference: metrics} and, when `predictions` is a pattern such as "predictions_{}.jsonl", each
+    checkpoint's per-example records there. A checkpoint not past the constant answer is logged as a warning."""
     from transformers import set_seed
+
+    from tasks.reading import reference_metrics, warnings
 
     set_seed(p.seed)
     rows = read_jsonl(rows_file)
@@ -153,6 +158,9 @@ def evaluate_file(
             write_jsonl(reports / predictions.format(name), records)
         results[name] = metrics
         log.info("%s %s: %s", report, name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    results.update(reference_metrics(p, rows))
+    for line in warnings(results, checkpoints):
+        log.warning("%s: %s", report, line)
     reports.mkdir(parents=True, exist_ok=True)
     tmp = reports / f".{report}.tmp"
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
@@ -160,13 +168,13 @@ def evaluate_file(
     return results
 
 
-def run_evaluate(p: Params, checkpoints: Sequence[str] = ("sft", "grpo")) -> dict[str, dict[str, float]]:
+def run_evaluate(p: Params, checkpoints: Sequence[str] = TRAINED) -> dict[str, dict[str, float]]:
     """The evaluate stage: the SFT and GRPO checkpoints on the held-out file -> reports/eval.json (what the summary
     shows and the promotion gate compares) and reports/predictions_<checkpoint>.jsonl."""
     return evaluate_file(p, p.paths.heldout_file, EVAL_REPORT, "predictions_{}.jsonl", checkpoints)
 
 
-def run_validation_eval(p: Params, checkpoints: Sequence[str] = ("sft", "grpo")) -> dict[str, dict[str, float]]:
+def run_validation_eval(p: Params, checkpoints: Sequence[str] = TRAINED) -> dict[str, dict[str, float]]:
     """The validation_eval stage: the same metrics on the validation file -> reports/validation_eval.json, what
     sweeps select on; it never reads the held-out file."""
     return evaluate_file(p, p.paths.validation_file, VALIDATION_REPORT, None, checkpoints)

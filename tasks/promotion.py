@@ -122,14 +122,25 @@ def decide_promotion(
     champion_metrics: dict[str, float] | None,
     cfg: RegisterConfig,
     champion_version: str | None = None,
+    constant: dict[str, float] | None = None,
 ) -> Decision:
-    """Promote when there is no champion, or when the challenger wins on cfg.primary_metric by the margin."""
+    """Promote when there is no champion, or when the challenger wins on cfg.primary_metric by the margin; with
+    cfg.require_reading, never when the challenger is not past `constant` (the constant answer's metrics on the same
+    held-out rows; tasks/reading.py)."""
     metric = cfg.primary_metric
     if metric not in challenger_metrics:
         raise ValueError(f"challenger has no {metric} metric (has: {', '.join(sorted(challenger_metrics))})")
     value = float(challenger_metrics[metric])
     if not math.isfinite(value):
         raise ValueError(f"challenger {metric} is {value}: cannot compare it with the champion")
+    best_now = None if champion_metrics is None else champion_metrics.get(metric)
+    if cfg.require_reading and constant is not None:
+        from tasks.reading import not_past_constant
+
+        if why := not_past_constant(challenger_metrics, constant):
+            kept = "champion kept" if champion_metrics is not None else "no champion"
+            reason = f"the challenger is {why}; {kept} (register.require_reading)"
+            return Decision(False, reason, metric, value, best_now, champion_version)
     if champion_metrics is None:
         return Decision(True, f"first model: no champion yet ({metric} {value:.4f})", metric, value, None, None)
     champion = f"champion v{champion_version}" if champion_version else "champion"
@@ -177,13 +188,15 @@ def gate(
     metrics: dict[str, float],
     cfg: RegisterConfig,
     champion_metrics_of: Any = None,
+    constant: dict[str, float] | None = None,
 ) -> tuple[Decision, dict[str, float] | None]:
     """Compare version with the current champion and apply the decision, all under the registry lock, so that
     concurrent gates act one after another; returns the decision and the champion metrics it compared with.
 
     champion_metrics_of(champion_version, recorded_metrics, tags) gives the metrics to compare with (default: the
-    recorded ones). A version that is already champion (an earlier gate moved the alias and stopped before its
-    verdict) gets its promotion finished, not compared with itself."""
+    recorded ones); `constant`: the constant answer's metrics for register.require_reading. A version that is
+    already champion (an earlier gate moved the alias and stopped before its verdict) gets its promotion finished,
+    not compared with itself."""
     version = str(version)
     with _locked(client, model_name):
         champion_version, champion, tags = champion_metrics(client, model_name)
@@ -204,7 +217,7 @@ def gate(
         else:
             if champion_version is not None and champion_metrics_of is not None:
                 champion = champion_metrics_of(champion_version, champion, tags)
-            decision = decide_promotion(metrics, champion, cfg, champion_version)
+            decision = decide_promotion(metrics, champion, cfg, champion_version, constant)
         apply_decision(client, model_name, version, decision)
     return decision, champion
 
@@ -218,6 +231,7 @@ def register_and_gate(
     metrics: dict[str, float],
     cfg: RegisterConfig,
     champion_metrics_of: Any = None,
+    constant: dict[str, float] | None = None,
 ) -> tuple[str, Decision | None, dict[str, float] | None]:
     """Register the model of a training run (once) and gate it; resumes whatever an earlier, interrupted call for
     the same run left undone. Returns (version, decision, champion metrics compared with); the decision is None
@@ -235,7 +249,7 @@ def register_and_gate(
                 "%s v%s has no final promotion decision (an earlier run stopped): finishing", model_name, mv.version
             )
             mv = _resume_challenger(client, model_name, mv)
-        decision, champion = gate(client, model_name, str(mv.version), metrics, cfg, champion_metrics_of)
+        decision, champion = gate(client, model_name, str(mv.version), metrics, cfg, champion_metrics_of, constant)
     return str(mv.version), decision, champion
 
 

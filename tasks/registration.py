@@ -16,6 +16,7 @@ from typing import Any
 
 from tasks import promotion, registry, scorer_package
 from tasks.config import Params
+from tasks.reading import CONSTANT
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,9 @@ def run_register(client: Any, p: Params, run_id: str, source_run_id: str, lineag
             )
         model_uri = info.model_uri
         tags = {**lineage, **{f"metric.{k}": repr(v) for k, v in metrics.items()}}
+    constant = report.get(CONSTANT)
     version, decision, champion = promotion.register_and_gate(
-        client, name, source_run_id, model_uri, tags, metrics, p.register, champion_of
+        client, name, source_run_id, model_uri, tags, metrics, p.register, champion_of, constant
     )
     if decision is None:  # another process finished it meanwhile
         return RegisterResult(version, False, source_run_id)

@@ -22,6 +22,8 @@ TINY = {
     "sft": {"max_steps": 3, "batch_size": 8, "logging_steps": 1},
     "grpo": {"max_steps": 2, "prompts_per_step": 2, "logging_steps": 1},
     "evaluate": {"batch_size": 8},
+    # a model trained for 3 steps does not read; the gate's reading check has tests of its own (test_reading.py)
+    "register": {"require_reading": False},
 }
 
 
@@ -38,7 +40,7 @@ def overrides(sections: dict) -> list[str]:
 
 
 def tiny_params(root: Path, *extra: str):
-    """Params for a tiny project under root: TINY's task and model shape, outputs under root, then `extra`
+    """Params for a tiny project under root: TINY's task, model shape and gate, outputs under root, then `extra`
     overrides; the task's data (train, held-out, validation) is generated on the first call."""
     from tasks.config import load_params
     from tasks.data import generate_dataset
@@ -50,7 +52,7 @@ def tiny_params(root: Path, *extra: str):
         f"paths.models_dir={root}/models",
         f"paths.reports_dir={root}/reports",
     ]
-    shape = overrides({section: TINY[section] for section in ("task", "model")})
+    shape = overrides({section: TINY[section] for section in ("task", "model", "register")})
     p = load_params(ROOT / "params.yaml", [*paths, *shape, *extra])
     if not Path(p.paths.train_file).exists():
         generate_dataset(p.paths, p.task)

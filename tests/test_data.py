@@ -22,6 +22,7 @@ from tasks.data import (
 from tasks.telemetry import TELEMETRY_OFF
 
 TASK = TaskConfig(
+    kind="synthetic",
     n_items=4,
     min_score=1,
     max_score=5,
@@ -38,7 +39,6 @@ TASK = TaskConfig(
 
 def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
@@ -241,3 +241,87 @@ def test_with_rater_bias_the_reward_pays_for_the_consensus_not_the_most_frequent
         if 2 <= c <= 4
     ]
     assert sum(c == s for c, s in interior) / len(interior) < 0.35
+
+
+ENGLISH = replace(TASK, kind="english", rater_bias=(0.35, 0.3, 0.35), modifier_rate=0.3)
+
+
+def test_the_english_task_is_deterministic_plain_english_with_known_consensus(tmp_path):
+    """task.kind english: same params, same bytes; each sentence says its aspect's level in everyday words; labels
+    are one rater's, within 1 of a consensus that covers the whole range evenly."""
+    import re
+    from collections import Counter
+
+    from tasks import english_task
+    from tasks.data import consensus_labels
+
+    a = generate_dataset(data_paths(tmp_path / "a"), ENGLISH)
+    b = generate_dataset(data_paths(tmp_path / "b"), ENGLISH)
+    assert [_digest(p) for p in a.values()] == [_digest(p) for p in b.values()]
+    assert _digest(a["train"]) != _digest(generate_dataset(data_paths(tmp_path / "c"), TASK)["train"])
+
+    rows = read_jsonl(a["train"])
+    consensus = consensus_labels(ENGLISH, rows)
+    phrase_level = {
+        ph: lv for table in (english_task.PLAIN, english_task.MODIFIED) for lv, phs in table.items() for ph in phs
+    }
+    for row, truth in zip(rows, consensus, strict=True):
+        review, ask = row["prompt"].split("\n")
+        assert (
+            ask == "Rate food, service, price, ambience from 1 to 5, in that order, one score each separated by spaces."
+        )
+        sentences = re.findall(r"[^.]+\.", review.removeprefix("Review: "))
+        assert len(sentences) == 4
+        for sentence, noun, score in zip(sentences, ("food", "service", "price", "atmosphere"), truth, strict=True):
+            assert f"the {noun}" in sentence.lower()
+            said = [ph for ph in phrase_level if re.search(rf"\b{re.escape(ph)}\.$", sentence)]
+            assert phrase_level[max(said, key=len)] + 3 == score, sentence  # the whole phrase, not its tail
+        assert all(abs(label - c) <= 1 for label, c in zip(row["scores"], truth, strict=True))
+    counts = Counter(score for truth in consensus for score in truth)
+    assert set(counts) == {1, 2, 3, 4, 5} and min(counts.values()) > 0.15 * len(rows) * 4
+    # about the share of sentences task.modifier_rate asks for carry a negation or an intensifier
+    modified = {ph for phs in english_task.MODIFIED.values() for ph in phs}
+    said = [s for r in rows for s in re.findall(r"[^.]+\.", r["prompt"].split("\n")[0])]
+    share = sum(any(s.endswith(f" {ph}.") for ph in modified) for s in said) / len(said)
+    assert 0.25 < share < 0.35
+
+
+def test_a_levels_score_spreads_over_the_range():
+    from tasks.english_task import level_score
+
+    assert [level_score(lv, 1, 5) for lv in range(-2, 3)] == [1, 2, 3, 4, 5]
+    assert [level_score(lv, 0, 10) for lv in range(-2, 3)] == [0, 2, 5, 8, 10]
+
+
+def test_the_english_data_is_pinned_by_dvc_like_the_synthetic_one(tmp_path):
+    """`rewardflow data generate` with task.kind english in a DVC project: `dvc add data` pins it, and generating
+    again (same params) leaves DVC nothing to do (real DVC)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+    from project import copy_params
+
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, **TELEMETRY_OFF}
+
+    def run(*cmd):
+        return subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
+
+    run("git", "init", "-q")
+    shutil.copytree(root / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    params = copy_params(tmp_path)
+    raw = yaml.safe_load(params.read_text())
+    raw["task"] |= {"kind": "english", "n_train": 200, "n_heldout": 40, "n_validation": 40}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(str(bin_dir / "rewardflow"), "data", "generate")
+    run(str(bin_dir / "dvc"), "add", "-q", "data")
+    pinned = (tmp_path / "data.dvc").read_text()
+    assert read_jsonl(tmp_path / "data" / "train.jsonl")[0]["prompt"].startswith("Review: ")
+    run(str(bin_dir / "rewardflow"), "data", "generate")
+    assert json.loads(run(str(bin_dir / "dvc"), "status", "--json", "data.dvc")) == {}
+    run(str(bin_dir / "dvc"), "commit", "-q", "-f", "data.dvc")
+    assert (tmp_path / "data.dvc").read_text() == pinned

@@ -27,7 +27,15 @@ from project import free_port, tiny_params, use_store
 from tasks.config import RegisterConfig
 from tasks.data import generate_rows
 from tasks.metrics import PROMOTABLE
-from tasks.promotion import Decision, apply_decision, decide_promotion, promote, register_challenger, rollback
+from tasks.promotion import (
+    Decision,
+    apply_decision,
+    decide_promotion,
+    promote,
+    register_and_gate,
+    register_challenger,
+    rollback,
+)
 from tasks.registry import champion_metrics, decided, registry_status, version_metrics, versions_tagged
 from tasks.scorer_package import ScorePredictor, log_score_model, pip_requirements
 
@@ -120,7 +128,9 @@ def tags_of(client, name, version):
     return client.get_model_version(name, version).tags
 
 
-CFG = RegisterConfig(model_name="rewardflow-scorer", primary_metric="within_1", min_improvement=0.005)
+CFG = RegisterConfig(
+    model_name="rewardflow-scorer", primary_metric="within_1", min_improvement=0.005, require_reading=True
+)
 
 
 # --- the gate as a pure function ----------------------------------------------------------------------
@@ -198,7 +208,7 @@ CFG = RegisterConfig(model_name="rewardflow-scorer", primary_metric="within_1", 
     ],
 )
 def test_decide_promotion(metric, margin, challenger, champion, promote_it, reason):
-    cfg = RegisterConfig(model_name="m", primary_metric=metric, min_improvement=margin)
+    cfg = RegisterConfig(model_name="m", primary_metric=metric, min_improvement=margin, require_reading=True)
     champion_metrics = None if champion is None else {metric: champion, "n": 16}
     version = None if champion is None else "3"
     decision = decide_promotion({metric: challenger, "n": 16}, champion_metrics, cfg, version)
@@ -217,7 +227,7 @@ def test_gate_never_promotes_a_worse_or_equal_challenger(metric, champion, delta
     """Over random metric pairs: a challenger that is worse, equal, or better by less than min_improvement stays
     challenger; one better by clearly more than the margin is promoted. `delta` is the improvement in the metric's
     own direction (mae and structural_failure_rate: lower is better)."""
-    cfg = RegisterConfig(model_name="m", primary_metric=metric, min_improvement=margin)
+    cfg = RegisterConfig(model_name="m", primary_metric=metric, min_improvement=margin, require_reading=True)
     challenger = champion + delta if cfg.higher_is_better else champion - delta
     decision = decide_promotion({metric: challenger}, {metric: champion}, cfg, "1")
     improvement = (challenger - champion) if cfg.higher_is_better else (champion - challenger)
@@ -298,6 +308,36 @@ def test_model_not_better_by_the_margin_stays_challenger(client, scorer, name):
     status = registry_status(client, name)
     assert status["champion"]["version"] == v1 and status["challenger"]["version"] == v2
     assert status["champion_history"] == [v1]
+
+
+CONSTANT = {"within_1": 0.712, "mae": 1.039}
+
+
+@pytest.mark.parametrize("has_champion", [False, True])
+def test_the_gate_refuses_a_model_not_past_the_constant_answer(client, scorer, name, has_champion):
+    """register.require_reading: a challenger that does not beat the constant answer on within_1 and MAE is never
+    promoted, first model or better than the champion; off, the champion comparison alone decides."""
+    if has_champion:
+        v1 = register(client, scorer, name, within_1=0.60, mae=1.30)
+        gate(client, name, v1, replace(CFG, require_reading=False))
+    run_id = client.create_run(scorer.experiment_id).info.run_id
+    ignores = {"within_1": 0.709, "mae": 1.021, "answer_diversity": 0.02, "label_correlation": 0.05}
+    version, decision, _ = register_and_gate(
+        client, name, run_id, scorer.model_uri, dict(LINEAGE), ignores, CFG, None, CONSTANT
+    )
+    assert not decision.promote
+    assert decision.reason == (
+        "the challenger is not past the constant answer (within_1 0.709 vs 0.712; answer diversity 0.020, label "
+        "correlation 0.050): its answers do not depend on the prompt enough to beat answering each item's median "
+        f"everywhere; {'champion kept' if has_champion else 'no champion'} (register.require_reading)"
+    )
+    assert tags_of(client, name, version)["promotion_decision"] == "rejected"
+    assert aliases(client, name) == {"challenger": version, **({"champion": v1} if has_champion else {})}
+
+    reads = {**ignores, "within_1": 0.80, "mae": 0.90}
+    assert decide_promotion(reads, None, CFG, None, CONSTANT).promote
+    off = decide_promotion(ignores, None, replace(CFG, require_reading=False), None, CONSTANT)
+    assert off.promote and off.reason == "first model: no champion yet (within_1 0.7090)"
 
 
 def test_rollback_returns_to_the_previous_champion(client, scorer, name):

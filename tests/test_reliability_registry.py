@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-CFG = RegisterConfig(model_name="unused", primary_metric="within_1", min_improvement=0.005)
+CFG = RegisterConfig(model_name="unused", primary_metric="within_1", min_improvement=0.005, require_reading=True)
 # Client calls in this module give up fast: one retry, 3 s per request.
 FAST_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
 
@@ -111,7 +111,9 @@ def _run(client, experiment_id) -> str:
 def _register(client, name, run_id, within_1):
     """What the pipeline's register step does after logging the model: register the run's model once and gate it."""
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    cfg = RegisterConfig(model_name=name, primary_metric="within_1", min_improvement=CFG.min_improvement)
+    cfg = RegisterConfig(
+        model_name=name, primary_metric="within_1", min_improvement=CFG.min_improvement, require_reading=True
+    )
     tags = {"metric.within_1": repr(within_1)}
     return register_and_gate(client, name, run_id, source, tags, {"within_1": within_1}, cfg)
 

@@ -14,6 +14,7 @@ from tasks.data import DataFileError, embedded_splits, read_jsonl, write_jsonl
 from tasks.splits import SplitRefused, carve_validation, complete_embedded
 
 TASK = TaskConfig(
+    kind="synthetic",
     n_items=2,
     min_score=1,
     max_score=5,

@@ -102,7 +102,8 @@ def test_validation_eval_scores_the_validation_file_and_never_the_heldout_one(pr
     report = Path(p.paths.reports_dir) / "validation_eval.json"
     first = report.read_bytes()
     results = json.loads(first)
-    assert set(results) == {"sft", "grpo"} == set(json.loads((report.parent / "eval.json").read_text()))
+    entries = {"sft", "grpo", "constant", "consensus"}
+    assert set(results) == entries == set(json.loads((report.parent / "eval.json").read_text()))
     rows = read_jsonl(p.paths.validation_file)
     assert results["grpo"]["n"] == results["sft"]["n"] == p.task.n_validation == len(rows)
     expected, _ = evaluate_checkpoint(Path(p.paths.models_dir) / "grpo", p, rows)
