@@ -200,10 +200,11 @@ def _print_summary(summary: dict, seconds: float) -> None:
 
     width = {k: max(len(k), 8) for k in SHOWN}
     typer.echo("\nheld-out         " + " ".join(f"{k:>{width[k]}}" for k in SHOWN))
-    for name, metrics in summary["metrics"].items():
-        typer.echo(f"{name:<16} " + " ".join(f"{metrics.get(k, float('nan')):>{width[k]}.3f}" for k in SHOWN))
-    from tasks.evaluation import TRAINED
+    from tasks.evaluation import TRAINED, in_table_order
     from tasks.reading import warnings
+
+    for name, metrics in in_table_order(summary["metrics"]).items():
+        typer.echo(f"{name:<16} " + " ".join(f"{metrics.get(k, float('nan')):>{width[k]}.3f}" for k in SHOWN))
 
     for line in warnings(summary["metrics"], TRAINED):
         typer.secho(f"warning: {line}", fg="yellow")

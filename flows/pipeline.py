@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from flows import notify, stopping
 from tasks import dvcfile, pinning, projectlock, stage_outputs, tracking
 from tasks.config import Params, load_params
+from tasks.evaluation import in_table_order
 from tasks.lineage import Lineage
 from tasks.metrics import SHOWN
 from tasks.stages import STAGES, pipeline_stages
@@ -238,6 +239,7 @@ def publish(pipe: Pipeline, results: Sequence[StageResult], registration: Any, p
     columns: dict[str, dict[str, float]] = dict(report)
     if registration.champion_metrics is not None:
         columns[f"champion v{registration.champion_version}"] = registration.champion_metrics
+    columns = in_table_order(columns)
     header = "| metric | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     rows = "".join(
         f"| {m} | " + " | ".join(f"{c.get(m, float('nan')):.3f}" for c in columns.values()) + " |\n"

@@ -166,13 +166,16 @@ def embedded_splits(task: TaskConfig) -> dict[str, list[dict[str, Any]]]:
 
 
 def consensus_labels(task: TaskConfig, rows: Sequence[dict[str, Any]]) -> list[list[int]] | None:
-    """The consensus scores of rows when they are one split of the embedded task `task` describes (the scores
-    before the raters' noise, in row order), else None."""
-    prompts = [r["prompt"] for r in rows]
-    for split in embedded_splits(dataclasses.replace(task, rater_bias=(0.0, 1.0, 0.0))).values():
-        if [r["prompt"] for r in split] == prompts:
-            return [r["scores"] for r in split]
-    return None
+    """The consensus scores of rows (the scores before the raters' noise, in row order) when every row is a row of
+    the embedded task `task` describes (any of its splits, any subset), else None."""
+    consensus = {
+        r["prompt"]: r["scores"]
+        for split in embedded_splits(dataclasses.replace(task, rater_bias=(0.0, 1.0, 0.0))).values()
+        for r in split
+    }
+    if not rows or any(r["prompt"] not in consensus for r in rows):
+        return None
+    return [consensus[r["prompt"]] for r in rows]
 
 
 def generate_dataset(paths: PathsConfig, task: TaskConfig) -> dict[str, Path]:

@@ -27,6 +27,19 @@ EVAL_REPORT = "eval.json"
 VALIDATION_REPORT = "validation_eval.json"
 
 
+def in_table_order(table: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation table's entries ({name: metrics}, eval.json sorts them by name) in the order a reader compares
+    them: the trained checkpoints, any other model (a champion), then the answers that need no reading."""
+    from tasks.reading import REFERENCES
+
+    def rank(name: str) -> tuple[int, int]:
+        if name in TRAINED:
+            return 0, TRAINED.index(name)
+        return (2, REFERENCES.index(name)) if name in REFERENCES else (1, 0)
+
+    return dict(sorted(table.items(), key=lambda item: rank(item[0])))
+
+
 def score_example(text: str, truth: Sequence[int], config: RewardConfig, score_span: int) -> dict[str, Any]:
     """Per-example values of one completion: what each held-out metric (tasks.metrics) averages."""
     scores = score_completion(text, truth, config)

@@ -168,6 +168,22 @@ def test_nothing_changed_is_answered_without_starting_prefect(project):
     assert out.stdout.split("\n")[-2] == f"1 {['skipped'] * 5} False", out.stderr
 
 
+def test_the_summary_shows_the_answers_that_need_no_reading_and_warns(project):
+    """`rewardflow run`'s table has the constant answer and the consensus beside SFT and GRPO (eval.json's values),
+    and a warning for each checkpoint not past the constant answer (a model trained for 3 steps is not)."""
+    repo, env = project
+    out = sh(["rewardflow", "run"], repo, env).stdout
+    report = json.loads((repo / "reports/eval.json").read_text())
+    table = {line.split()[0]: line.split()[1:] for line in out.split("\nheld-out")[1].splitlines()[1:5]}
+    assert list(table) == ["sft", "grpo", "constant", "consensus"]
+    assert float(table["constant"][2]) == pytest.approx(report["constant"]["within_1"], abs=5e-4)
+    from tasks.reading import not_past_constant
+
+    for name in ("sft", "grpo"):
+        why = not_past_constant(report[name], report["constant"])
+        assert why and f"warning: {name} is {why}" in out
+
+
 def test_retraining_skips_when_the_data_is_what_the_champion_was_trained_on(project):
     from flows.retrain import retraining_flow
 
