@@ -28,7 +28,7 @@ from tasks.config import load_params
 from tasks.evaluation import evaluate_checkpoint
 from tasks.modeling import load_base_model, save_artifact
 from tasks.prompts import CHAT_KEY, uses_chat_template
-from tasks.reading import REFERENCES, reference_metrics, warnings
+from tasks.reading import REFERENCES, reading_warnings, reference_metrics
 from tasks.training import run_grpo, run_sft
 
 METRICS = (
@@ -206,7 +206,7 @@ def summarise(per_seed: list[dict[str, dict]], seeds: list[int]) -> str:
     trained = [r for r in rows if r != "base"]
     lines.append("")
     for seed, result in zip(seeds, per_seed, strict=True):
-        short = warnings(result, trained)
+        short = reading_warnings(result, trained)
         lines += [f"seed {seed}: {line}" for line in short] or [f"seed {seed}: every model past the constant answer"]
     return "\n".join(lines)
 

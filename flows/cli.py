@@ -201,12 +201,12 @@ def _print_summary(summary: dict, seconds: float) -> None:
     width = {k: max(len(k), 8) for k in SHOWN}
     typer.echo("\nheld-out         " + " ".join(f"{k:>{width[k]}}" for k in SHOWN))
     from tasks.evaluation import TRAINED, in_table_order
-    from tasks.reading import warnings
+    from tasks.reading import reading_warnings
 
     for name, metrics in in_table_order(summary["metrics"]).items():
         typer.echo(f"{name:<16} " + " ".join(f"{metrics.get(k, float('nan')):>{width[k]}.3f}" for k in SHOWN))
 
-    for line in warnings(summary["metrics"], TRAINED):
+    for line in reading_warnings(summary["metrics"], TRAINED):
         typer.secho(f"warning: {line}", fg="yellow")
     uri = summary["tracking_uri"]
     typer.echo(

@@ -156,7 +156,7 @@ def evaluate_file(
     checkpoint's per-example records there. A checkpoint not past the constant answer is logged as a warning."""
     from transformers import set_seed
 
-    from tasks.reading import reference_metrics, warnings
+    from tasks.reading import reading_warnings, reference_metrics
 
     set_seed(p.seed)
     rows = read_jsonl(rows_file)
@@ -172,7 +172,7 @@ def evaluate_file(
         results[name] = metrics
         log.info("%s %s: %s", report, name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     results.update(reference_metrics(p, rows))
-    for line in warnings(results, checkpoints):
+    for line in reading_warnings(results, checkpoints):
         log.warning("%s: %s", report, line)
     reports.mkdir(parents=True, exist_ok=True)
     tmp = reports / f".{report}.tmp"

@@ -73,7 +73,7 @@ def not_past_constant(metrics: Mapping[str, float], constant: Mapping[str, float
     )
 
 
-def warnings(table: Mapping[str, Mapping[str, float]], checkpoints: Sequence[str]) -> list[str]:
+def reading_warnings(table: Mapping[str, Mapping[str, float]], checkpoints: Sequence[str]) -> list[str]:
     """One line for each of the checkpoints in an evaluation table ({entry: metrics}, as in eval.json) that is
     not past the table's constant answer; none when the table has no constant answer."""
     if CONSTANT not in table:

@@ -11,7 +11,7 @@ from project import tiny_params
 from tasks.data import completion_for, consensus_labels, embedded_splits, read_jsonl
 from tasks.evaluation import TRAINED, evaluate_file, score_predictions
 from tasks.metrics import answer_diversity, label_correlation
-from tasks.reading import CONSENSUS, CONSTANT, constant_answer, not_past_constant, reference_metrics, warnings
+from tasks.reading import CONSENSUS, CONSTANT, constant_answer, not_past_constant, reading_warnings, reference_metrics
 
 
 def test_answer_diversity_counts_distinct_answers_per_prompt():
@@ -90,9 +90,9 @@ def test_a_model_that_ignores_its_prompt_is_flagged_and_one_that_reads_is_not(ti
     # reads: the consensus with one item off by one on every other prompt
     reads = metrics([[*c[:-1], max(1, c[-1] - 1)] if i % 2 else c for i, c in enumerate(consensus)])
     table = {"sft": ignores, "grpo": reads, **refs}
-    (line,) = warnings(table, TRAINED)
+    (line,) = reading_warnings(table, TRAINED)
     assert line.startswith("sft is not past the constant answer (") and "label correlation 0.000" in line
-    assert warnings({"sft": ignores}, TRAINED) == []  # no constant answer to compare with
+    assert reading_warnings({"sft": ignores}, TRAINED) == []  # no constant answer to compare with
 
 
 def test_evaluation_reports_the_references_and_warns_about_a_model_that_does_not_read(tiny, caplog):
@@ -108,6 +108,6 @@ def test_evaluation_reports_the_references_and_warns_about_a_model_that_does_not
     on_disk = json.loads((Path(tiny.paths.reports_dir) / "reading.json").read_text())
     assert set(on_disk) == {"sft", CONSTANT, CONSENSUS} and on_disk == results
     assert on_disk[CONSTANT] == reference_metrics(tiny, read_jsonl(tiny.paths.heldout_file))[CONSTANT]
-    (warning,) = warnings(on_disk, ["sft"])
+    (warning,) = reading_warnings(on_disk, ["sft"])
     assert [r.getMessage() for r in caplog.records] == [f"reading.json: {warning}"]
     assert warning.startswith("sft is not past the constant answer (within_1 0.")
