@@ -119,8 +119,9 @@ class StageResult:
 @task(cache_policy=NO_CACHE)
 def prepare_data(p: Params, lineage: Lineage) -> str:
     """The embedded task's files where the configured ones are missing (deterministic, pinned by data.dvc): all of
-    them on a fresh clone, or only the validation split beside the embedded train and held-out files. A missing
-    file beside data of another task fails naming it and what to do (tasks/splits.py), writing nothing."""
+    them on a fresh clone, or only the validation split beside the embedded train and held-out files; all of them
+    when the files are the embedded task of another task.kind. A missing file beside data of another task fails
+    naming it and what to do (tasks/splits.py), writing nothing."""
     from tasks.splits import complete_embedded
 
     written = complete_embedded(p.paths, p.task)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tasks.config import PathsConfig, TaskConfig
-from tasks.data import DataFileError, embedded_splits, jsonl_line, read_jsonl_lines, write_jsonl
+from tasks.config import TASK_KINDS, PathsConfig, TaskConfig
+from tasks.data import DataFileError, embedded_splits, generate_rows, jsonl_line, read_jsonl_lines, write_jsonl
 
 # `rewardflow data split --fraction F` takes F in (0, MAX_FRACTION]
 MAX_FRACTION = 0.5
@@ -45,14 +45,35 @@ def _missing_message(paths: PathsConfig, missing: list[str], differing: list[str
     )
 
 
+def _first_train_line(task: TaskConfig) -> bytes:
+    return jsonl_line(generate_rows(1, task.train_seed, task)[0]).encode("utf-8")
+
+
+def other_kind(train_file: Path, task: TaskConfig) -> str | None:
+    """The task.kind whose embedded files train_file is, when that is not task.kind (its first row is that kind's
+    first train row for these params); None for the current kind's files or anyone else's."""
+    with train_file.open("rb") as handle:
+        first = handle.readline()
+    if first == _first_train_line(task):
+        return None
+    return next((k for k in TASK_KINDS if k != task.kind and first == _first_train_line(replace(task, kind=k))), None)
+
+
 def complete_embedded(paths: PathsConfig, task: TaskConfig) -> list[str]:
     """Write the embedded task's files that are missing, when every present data file is byte for byte the
-    embedded task's for these params (a checkout of the default that predates a split gets it); returns the
-    splits written. Raises DataFileError, writing nothing, when a file is missing beside files of another task."""
+    embedded task's for these params (a checkout of the default that predates a split gets it); all of them when
+    the files are the embedded task of another task.kind (a profile that switches the kind gets its own task, not
+    the last one's); returns the splits written. Raises DataFileError, writing nothing, when a file is missing
+    beside files of another task."""
     files = {split: Path(f) for split, f in paths.data_files().items()}
     missing = [split for split, f in files.items() if not f.exists()]
     if not missing:
-        return []
+        if other_kind(files["train"], task) is None:
+            return []
+        rows = embedded_splits(task)
+        for split, f in files.items():
+            write_jsonl(f, rows[split])
+        return list(files)
     rows = embedded_splits(task)
     differing = [
         split

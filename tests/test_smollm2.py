@@ -136,9 +136,8 @@ def test_the_pipeline_on_the_real_weights_from_the_profile(tmp_path, smollm2):
     # the registered champion serves: chat-formatted prompt in, integers out
     with use_store(f"sqlite:///{repo / 'mlflow.db'}"):
         scorer = mlflow.pyfunc.load_model(f"models:/{profile['register']['model_name']}@champion")
-        heldout = repo / profile["paths"]["heldout_file"]  # the profile's english task, apart from data/*.jsonl
-        prompt = json.loads(heldout.read_text().splitlines()[0])["prompt"]
-        assert prompt.startswith("Review: ")
+        prompt = json.loads((repo / "data" / "heldout.jsonl").read_text().splitlines()[0])["prompt"]
+        assert prompt.startswith("Review: ")  # the profile's english task
         [scores] = scorer.predict([prompt])
         assert isinstance(scores, list) and all(isinstance(s, int) for s in scores)
     shutil.rmtree(repo / "mlartifacts", ignore_errors=True)  # ~1 GB of model copies

@@ -58,6 +58,30 @@ def test_missing_embedded_files_are_generated_and_a_missing_validation_split_is_
     assert read_jsonl(paths.validation_file) == embedded_splits(TASK)["validation"]
 
 
+def test_the_files_of_the_other_embedded_task_are_replaced_by_this_tasks(tmp_path):
+    """A profile that switches task.kind finds the other kind's embedded files: it gets its own task's files, all
+    three; anyone else's data is never touched."""
+    from dataclasses import replace
+
+    from tasks.splits import other_kind
+
+    paths = data_paths(tmp_path)
+    english = replace(TASK, kind="english")
+    complete_embedded(paths, TASK)
+    assert other_kind(Path(paths.train_file), english) == "synthetic"
+    assert complete_embedded(paths, english) == ["train", "heldout", "validation"]
+    assert {s: read_jsonl(f) for s, f in paths.data_files().items()} == embedded_splits(english)
+    assert other_kind(Path(paths.train_file), english) is None and complete_embedded(paths, english) == []
+    # back again
+    assert complete_embedded(paths, TASK) == ["train", "heldout", "validation"]
+    assert read_jsonl(paths.train_file) == embedded_splits(TASK)["train"]
+    # a user's files: not any kind's embedded task, left as they are
+    write_jsonl(paths.train_file, _rows(0, 40))
+    before = _snapshot(tmp_path)
+    assert other_kind(Path(paths.train_file), english) is None and complete_embedded(paths, english) == []
+    assert _snapshot(tmp_path) == before
+
+
 def test_a_missing_validation_file_beside_other_data_fails_naming_both_ways_out(tmp_path):
     paths = data_paths(tmp_path)
     write_jsonl(paths.train_file, _rows(0, 40))
