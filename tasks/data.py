@@ -106,7 +106,7 @@ def generate_rows(n: int, seed: int, task: TaskConfig, exclude: Iterable[str] = 
     Each row's scores are one rater's: with probabilities task.rater_bias = (below, at, above) the rater scores an
     aspect one point below, at, or one point above its consensus score (clipped to the range). The prompts do
     not depend on rater_bias: the raters draw from their own seeded stream. task.modifier_rate is the probability
-    that a sentiment word (synthetic) or a sentence (english) carries a negation or an intensifier.
+    that a synthetic task's sentiment word carries a negation or an intensifier.
     """
     n_items, min_score, max_score = task.n_items, task.min_score, task.max_score
     if not 1 <= n_items <= len(ASPECTS):

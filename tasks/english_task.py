@@ -2,8 +2,8 @@
 
 A review is a few plain sentences about a restaurant, one per rated aspect, in the order the prompt asks for them.
 Each aspect has a consensus level from very negative to very positive (-2..+2, drawn uniformly), said with everyday
-sentiment words a pretrained model has read many times; with probability task.modifier_rate a sentence says it
-through a negation or an intensifier instead ("not bad at all", "really good", "hardly worth it"). A level maps
+sentiment words a pretrained model has read many times; 3 sentences in 10 (MODIFIED_SHARE) say it through a
+negation or an intensifier instead ("not bad at all", "really good", "hardly worth it"). A level maps
 linearly onto the score range (on 1..5: level + 3). Labels keep the raters' disagreement exactly as the synthetic
 task does (tasks/data.py: one rater's score, task.rater_bias), so the consensus is known to the generator and the
 article's reward still has something to pull towards.
@@ -49,6 +49,9 @@ TEMPLATES = (
     "Honestly, {noun} was {phrase}.",
 )
 LEVELS = tuple(sorted(PLAIN))
+# the share of sentences said through a negation or an intensifier (task.modifier_rate is the synthetic task's: the
+# two kinds' files differ in task.kind alone, so a run can tell the other kind's files from anyone's)
+MODIFIED_SHARE = 0.3
 
 
 def level_score(level: int, min_score: int, max_score: int) -> int:
@@ -57,9 +60,9 @@ def level_score(level: int, min_score: int, max_score: int) -> int:
     return min_score + round((level - LEVELS[0]) * span / (LEVELS[-1] - LEVELS[0]))
 
 
-def sentence(rng: random.Random, aspect: str, level: int, modifier_rate: float) -> str:
+def sentence(rng: random.Random, aspect: str, level: int) -> str:
     """One sentence saying the aspect's level."""
-    phrases = MODIFIED if rng.random() < modifier_rate else PLAIN
+    phrases = MODIFIED if rng.random() < MODIFIED_SHARE else PLAIN
     text = rng.choice(TEMPLATES).format(noun=NOUNS[aspect], phrase=rng.choice(phrases[level]))
     return text[0].upper() + text[1:]
 
@@ -67,7 +70,7 @@ def sentence(rng: random.Random, aspect: str, level: int, modifier_rate: float) 
 def draw(rng: random.Random, aspects: tuple[str, ...], task: Any) -> tuple[str, list[int]]:
     """A prompt and its consensus scores for the aspects."""
     levels = [rng.choice(LEVELS) for _ in aspects]
-    review = " ".join(sentence(rng, a, lv, task.modifier_rate) for a, lv in zip(aspects, levels, strict=True))
+    review = " ".join(sentence(rng, a, lv) for a, lv in zip(aspects, levels, strict=True))
     prompt = (
         f"Review: {review}\nRate {', '.join(aspects)} from {task.min_score} to {task.max_score}, "
         "in that order, one score each separated by spaces."

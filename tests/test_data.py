@@ -243,7 +243,7 @@ def test_with_rater_bias_the_reward_pays_for_the_consensus_not_the_most_frequent
     assert sum(c == s for c, s in interior) / len(interior) < 0.35
 
 
-ENGLISH = replace(TASK, kind="english", rater_bias=(0.35, 0.3, 0.35), modifier_rate=0.3)
+ENGLISH = replace(TASK, kind="english", rater_bias=(0.35, 0.3, 0.35))
 
 
 def test_the_english_task_is_deterministic_plain_english_with_known_consensus(tmp_path):
@@ -279,7 +279,8 @@ def test_the_english_task_is_deterministic_plain_english_with_known_consensus(tm
         assert all(abs(label - c) <= 1 for label, c in zip(row["scores"], truth, strict=True))
     counts = Counter(score for truth in consensus for score in truth)
     assert set(counts) == {1, 2, 3, 4, 5} and min(counts.values()) > 0.15 * len(rows) * 4
-    # about the share of sentences task.modifier_rate asks for carry a negation or an intensifier
+    # about the english task's share of sentences carry a negation or an intensifier (task.modifier_rate is not its)
+    assert generate_rows(50, 1, ENGLISH) == generate_rows(50, 1, replace(ENGLISH, modifier_rate=0.0))
     modified = {ph for phs in english_task.MODIFIED.values() for ph in phs}
     said = [s for r in rows for s in re.findall(r"[^.]+\.", r["prompt"].split("\n")[0])]
     share = sum(any(s.endswith(f" {ph}.") for ph in modified) for s in said) / len(said)
