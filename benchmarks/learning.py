@@ -28,7 +28,7 @@ from tasks.config import load_params
 from tasks.evaluation import evaluate_checkpoint
 from tasks.modeling import load_base_model, save_artifact
 from tasks.prompts import CHAT_KEY, uses_chat_template
-from tasks.reading import REFERENCES, reading_warnings, reference_metrics
+from tasks.reading import CONSENSUS, REFERENCES, reading_warnings, reference_answers, reference_metrics
 from tasks.training import run_grpo, run_sft
 
 METRICS = (
@@ -42,15 +42,6 @@ METRICS = (
     "consensus_accuracy",
     "tokens_per_prompt",
 )
-
-
-def consensus_scores(p, heldout: list[dict]) -> dict[str, list[int]] | None:
-    """The consensus score of every held-out prompt (what the embedded task's raters scatter around), or None when
-    the held-out file is not the embedded task's."""
-    from tasks.data import consensus_labels
-
-    consensus = consensus_labels(p.task, heldout)
-    return None if consensus is None else {r["prompt"]: c for r, c in zip(heldout, consensus, strict=True)}
 
 
 def _with_consensus(metrics: dict, records: list[dict], consensus: dict[str, list[int]] | None) -> dict[str, float]:
@@ -71,16 +62,6 @@ def _eval(model_dir: Path, p, rows, consensus: dict[str, list[int]] | None) -> d
     metrics = _with_consensus(metrics, records, consensus)
     metrics["tokens_per_prompt"] = _tokens(model_dir, [[r["completion"]] for r in records])
     return metrics
-
-
-def _answers(p, rows: list[dict], reference: str) -> list[list[int]]:
-    """A reference answer for each row (tasks.reading.REFERENCES)."""
-    from tasks.data import consensus_labels, read_jsonl
-    from tasks.reading import CONSTANT, constant_answer
-
-    if reference == CONSTANT:
-        return [constant_answer(read_jsonl(p.paths.train_file))] * len(rows)
-    return consensus_labels(p.task, rows)
 
 
 def _tokens(model_dir: Path, completions: list[list[str]]) -> float:
@@ -133,14 +114,15 @@ def run_seed(
     base = [f"seed={seed}", f"paths.models_dir={workdir}/models", f"paths.reports_dir={workdir}/reports"]
     p = load_params(params, [*base, *overrides])
     heldout = read_jsonl(p.paths.heldout_file)
-    consensus = consensus_scores(p, heldout)
+    # the answers that need no reading (tasks/reading.py), scored on the same prompts
+    answers = reference_answers(p, heldout)
+    consensus = (
+        {r["prompt"]: c for r, c in zip(heldout, answers[CONSENSUS], strict=True)} if CONSENSUS in answers else None
+    )
     train_prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)]
     results: dict[str, dict] = {}
-    # the answers that need no reading (tasks/reading.py), scored on the same prompts
-    for name, metrics in reference_metrics(p, heldout).items():
-        records = [
-            {"prompt": r["prompt"], "prediction": c} for r, c in zip(heldout, _answers(p, heldout, name), strict=True)
-        ]
+    for name, metrics in reference_metrics(p, heldout, answers).items():
+        records = [{"prompt": r["prompt"], "prediction": a} for r, a in zip(heldout, answers[name], strict=True)]
         results[name] = _with_consensus(metrics, records, consensus)
 
     model, tok = load_base_model(p.model, train_prompts, p.seed, (p.task.min_score, p.task.max_score))

@@ -28,8 +28,6 @@ from tasks.rewards import RewardConfig
 # every section is reachable from here, where callers look for them
 from tasks.training_params import GrpoConfig, LoraConfig, ModelConfig, SftConfig  # noqa: F401
 
-# task.kind: the embedded task `rewardflow data generate` writes (tasks/data.py DRAW)
-TASK_KINDS = ("synthetic", "english")
 # data.pin: what the pipeline does with data files that differ from what their .dvc file pins
 PIN_MODES = ("pin", "refuse")
 # The built-in tokenizer has one token per score of the task's range; beyond this many it is the wrong tool.
@@ -86,6 +84,8 @@ class TaskConfig:
     modifier_rate: float
 
     def __post_init__(self) -> None:
+        from tasks.data import TASK_KINDS  # the generators live there, and tasks.data imports this module
+
         _check(self.kind in TASK_KINDS, "kind", f"must be one of {', '.join(TASK_KINDS)} (got {self.kind!r})")
         _check(self.n_items >= 1, "n_items", f"must be >= 1 (got {self.n_items})")
         bias = self.rater_bias

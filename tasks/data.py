@@ -94,8 +94,9 @@ def _draw_synthetic(rng: random.Random, aspects: tuple[str, ...], task: TaskConf
     return f"review : {' '.join(phrases)} rate {' '.join(aspects)} from {min_score} to {max_score} :", scores
 
 
-# task.kind -> how a prompt and its consensus scores are drawn (tasks.config.TASK_KINDS names the same kinds)
+# task.kind -> how a prompt and its consensus scores are drawn
 DRAW = {"synthetic": _draw_synthetic, "english": english_task.draw}
+TASK_KINDS = tuple(DRAW)
 
 
 def generate_rows(n: int, seed: int, task: TaskConfig, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:

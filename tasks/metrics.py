@@ -123,12 +123,12 @@ def aggregate(examples: list[dict[str, Any]], truths: Sequence[Sequence[int]]) -
     if len(truths) != n:
         raise ValueError(f"{n} examples for {len(truths)} ground truths")
     predictions = [e["prediction"] for e in examples]
-    values = {
-        name: 0.0
-        if not n
-        else m.of_set(predictions, truths)
-        if m.of_set is not None
-        else float(np.mean([e[m.example_key] for e in examples]))
-        for name, m in METRICS.items()
-    }
-    return {**values, COUNT: n}
+
+    def value(m: Metric) -> float:
+        if not n:
+            return 0.0
+        if m.of_set is not None:
+            return m.of_set(predictions, truths)
+        return float(np.mean([e[m.example_key] for e in examples]))
+
+    return {**{name: value(m) for name, m in METRICS.items()}, COUNT: n}

@@ -19,8 +19,8 @@ from typing import Any
 
 CONSTANT, CONSENSUS = "constant", "consensus"
 REFERENCES = (CONSTANT, CONSENSUS)
-# what "past the constant answer" compares: metric -> higher is better
-READING_BAR = {"within_1": True, "mae": False}
+# what "past the constant answer" compares, each in its direction (tasks.metrics)
+READING_BAR = ("within_1", "mae")
 
 
 def constant_answer(train_rows: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -34,35 +34,45 @@ def constant_answer(train_rows: Sequence[Mapping[str, Any]]) -> list[int]:
     return [int(statistics.median_low(column)) for column in columns]
 
 
-def reference_metrics(p: Any, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """The held-out metrics of the answers that need no reading, on rows: the constant answer (from p's train
-    file) and, when rows are a split of the embedded task p.task describes, the consensus."""
-    from tasks.data import completion_for, consensus_labels, read_jsonl
+def reference_answers(p: Any, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[list[int]]]:
+    """Each row's answer that needs no reading: the constant answer (from p's train file) and, when every row is a
+    row of the embedded task p.task describes, the consensus."""
+    from tasks.data import consensus_labels, read_jsonl
+
+    out = {CONSTANT: [constant_answer(read_jsonl(p.paths.train_file))] * len(rows)}
+    consensus = consensus_labels(p.task, rows)
+    if consensus is not None:
+        out[CONSENSUS] = consensus
+    return out
+
+
+def reference_metrics(
+    p: Any, rows: Sequence[Mapping[str, Any]], answers: Mapping[str, Sequence[Sequence[int]]] | None = None
+) -> dict[str, dict[str, float]]:
+    """The held-out metrics of the answers that need no reading on rows (`answers`: reference_answers(p, rows),
+    computed when not given)."""
+    from tasks.data import completion_for
     from tasks.evaluation import score_predictions
 
     truths = [r["scores"] for r in rows]
-
-    def score(answers: Sequence[Sequence[int]]) -> dict[str, float]:
-        texts = [completion_for(a) for a in answers]
-        metrics, _ = score_predictions(texts, truths, p.reward.config, p.task.min_score, p.task.max_score)
-        return metrics
-
-    constant = constant_answer(read_jsonl(p.paths.train_file))
-    out = {CONSTANT: score([constant] * len(rows))}
-    consensus = consensus_labels(p.task, rows)
-    if consensus is not None:
-        out[CONSENSUS] = score(consensus)
-    return out
+    answers = reference_answers(p, rows) if answers is None else answers
+    return {
+        name: score_predictions(
+            [completion_for(a) for a in given], truths, p.reward.config, p.task.min_score, p.task.max_score
+        )[0]
+        for name, given in answers.items()
+    }
 
 
 def not_past_constant(metrics: Mapping[str, float], constant: Mapping[str, float]) -> str | None:
     """Why a model's metrics are not past the constant answer's (within_1 higher and MAE lower), or None when they
     are."""
-    short = [
-        f"{m} {metrics[m]:.3f} vs {constant[m]:.3f}"
-        for m, higher in READING_BAR.items()
-        if not (metrics[m] > constant[m] if higher else metrics[m] < constant[m])
-    ]
+    from tasks.metrics import METRICS
+
+    def better(m: str) -> bool:
+        return metrics[m] > constant[m] if METRICS[m].higher_is_better else metrics[m] < constant[m]
+
+    short = [f"{m} {metrics[m]:.3f} vs {constant[m]:.3f}" for m in READING_BAR if not better(m)]
     if not short:
         return None
     return (

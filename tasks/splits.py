@@ -15,8 +15,16 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tasks.config import TASK_KINDS, PathsConfig, TaskConfig
-from tasks.data import DataFileError, embedded_splits, generate_rows, jsonl_line, read_jsonl_lines, write_jsonl
+from tasks.config import PathsConfig, TaskConfig
+from tasks.data import (
+    TASK_KINDS,
+    DataFileError,
+    embedded_splits,
+    generate_rows,
+    jsonl_line,
+    read_jsonl_lines,
+    write_jsonl,
+)
 
 # `rewardflow data split --fraction F` takes F in (0, MAX_FRACTION]
 MAX_FRACTION = 0.5
@@ -70,10 +78,7 @@ def complete_embedded(paths: PathsConfig, task: TaskConfig) -> list[str]:
     if not missing:
         if other_kind(files["train"], task) is None:
             return []
-        rows = embedded_splits(task)
-        for split, f in files.items():
-            write_jsonl(f, rows[split])
-        return list(files)
+        missing = list(files)  # the other kind's files: every one is replaced
     rows = embedded_splits(task)
     differing = [
         split
