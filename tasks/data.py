@@ -16,6 +16,7 @@ within-1 and MAE terms pay for that).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -166,17 +167,21 @@ def embedded_splits(task: TaskConfig) -> dict[str, list[dict[str, Any]]]:
     return {split: splits[split] for split in DATA_SPLITS}
 
 
+@functools.lru_cache(maxsize=2)
+def _consensus_by_prompt(task: TaskConfig) -> dict[str, list[int]]:
+    """Every prompt of the embedded task `task` describes (all splits) -> its consensus scores; kept, because both
+    evaluation stages of one run ask for it."""
+    consensus = embedded_splits(dataclasses.replace(task, rater_bias=(0.0, 1.0, 0.0)))
+    return {r["prompt"]: r["scores"] for split in consensus.values() for r in split}
+
+
 def consensus_labels(task: TaskConfig, rows: Sequence[dict[str, Any]]) -> list[list[int]] | None:
     """The consensus scores of rows (the scores before the raters' noise, in row order) when every row is a row of
     the embedded task `task` describes (any of its splits, any subset), else None."""
-    consensus = {
-        r["prompt"]: r["scores"]
-        for split in embedded_splits(dataclasses.replace(task, rater_bias=(0.0, 1.0, 0.0))).values()
-        for r in split
-    }
+    consensus = _consensus_by_prompt(task)
     if not rows or any(r["prompt"] not in consensus for r in rows):
         return None
-    return [consensus[r["prompt"]] for r in rows]
+    return [list(consensus[r["prompt"]]) for r in rows]
 
 
 def generate_dataset(paths: PathsConfig, task: TaskConfig) -> dict[str, Path]:
