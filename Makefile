@@ -46,12 +46,11 @@ run: $(VENV)/.installed-run
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
-# pytest-xdist workers, each taking whole test files (a file's tests share one project and run in its order); then
-# the tests marked `alone`, whose timing assertions need the machine to themselves.
+# pytest-xdist workers, each taking whole test files (a file's tests share one project and run in its order), in
+# the order tests/conftest.py puts them (the slow files first).
 TEST_WORKERS ?= 3
 test: $(VENV)/.installed-test lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not alone" $(ARGS)
-	$(BIN)/python -m pytest -m alone $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 clean:
 	rm -rf models reports mlruns mlartifacts mlflow.db

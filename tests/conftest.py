@@ -4,9 +4,9 @@ Each worker has its own Prefect home, one compute thread (OMP_NUM_THREADS=1, inh
 and, on first use, its own Prefect server for the pipelines tests run as commands (tests/project.py
 shared_prefect_api). A module marked `ordered` is one scenario in steps on one shared project; the tests of every
 other module pass in reverse order too. `--order reverse` or `--order random --order-seed N` reorders modules and the
-tests inside the unordered ones. Modules marked `alone` (a real schedule raced against real runs) are left out of the
-workers and run afterwards in one process. Plain `pytest` (no -n) runs everything in one process: the way to run one
-test.
+tests inside the unordered ones; by default the modules marked `slow` go first (`--order slow-first`), and xdist
+hands out files in that order (`--no-loadscope-reorder`: not its own order, most tests first). Plain `pytest` (no -n)
+runs everything in one process: the way to run one test.
 """
 
 import os
@@ -73,16 +73,17 @@ def _mlflow_store_put_back():
             os.environ[var] = value
 
 
-ORDERS = ("file", "reverse", "random")
+ORDERS = ("slow-first", "file", "reverse", "random")
 
 
 def pytest_addoption(parser):
     parser.addoption(
         "--order",
         choices=ORDERS,
-        default="file",
-        help="test order: file (as written), reverse, or random (with --order-seed); a module marked `ordered` "
-        "moves as a whole and keeps its own order (its tests are the steps of one scenario)",
+        default="slow-first",
+        help="test order: slow-first (the modules marked `slow` first, then the others, each group as written), "
+        "file (as written), reverse, or random (with --order-seed); a module marked `ordered` moves as a whole "
+        "and keeps its own order (its tests are the steps of one scenario)",
     )
     parser.addoption("--order-seed", type=int, default=None, help="the seed of --order random")
 
@@ -95,21 +96,29 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Reorder for --order reverse|random: modules, and the tests inside each module not marked `ordered`. The
-    order is a function of the collected items and the seed only, so every xdist worker computes the same one."""
+    """Reorder: for slow-first, the modules marked `slow` move ahead of the others (xdist hands out whole files in
+    this order, so the long ones start first and the short ones fill the end, instead of a long file starting last
+    while the other workers run out of work); for reverse|random, modules and the tests inside each module not
+    marked `ordered`. The order is a function of the collected items and the seed only, so every xdist worker
+    computes the same one."""
     import random
 
     order = config.getoption("--order")
     if order == "file":
         return
-    seed = config.getoption("--order-seed")
-    if order == "random" and seed is None:
-        raise pytest.UsageError("--order random needs --order-seed N (the seed is what reproduces a failing order)")
     modules: dict[str, list] = {}
     for item in items:
         modules.setdefault(str(item.path), []).append(item)
-    shuffle = random.Random(seed).shuffle if order == "random" else list.reverse
     groups = list(modules.values())
+    if order == "slow-first":
+        # a stable sort: each group keeps its file order
+        groups.sort(key=lambda group: not any(item.get_closest_marker("slow") for item in group))
+        items[:] = [item for group in groups for item in group]
+        return
+    seed = config.getoption("--order-seed")
+    if order == "random" and seed is None:
+        raise pytest.UsageError("--order random needs --order-seed N (the seed is what reproduces a failing order)")
+    shuffle = random.Random(seed).shuffle if order == "random" else list.reverse
     for group in groups:
         if not group[0].get_closest_marker("ordered"):
             shuffle(group)

@@ -7,9 +7,11 @@ pinning it), a failing firing is notified, the work-pool deployment runs on dema
 the version trained on the pinned data is rebuilt from its tags in a fresh clone.
 """
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -27,13 +29,12 @@ from project import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.ordered, pytest.mark.alone]
+pytestmark = [pytest.mark.slow, pytest.mark.ordered]
 
 INTERVAL_S = 20  # the test schedule; shorter than a training run, so firings overlap one
 MODEL = "rewardflow-scorer"
 BLOCK = "custom-webhook/rewardflow-test"
 BUSY = "another pipeline holds this checkout"
-SLOW_SFT_STEPS = 500
 
 
 @pytest.fixture(scope="module")
@@ -183,10 +184,6 @@ def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused
     meanwhile.
     """
     (api, _), (repo, env) = server, project
-    # a retraining long enough (SFT ~10-20 s) that the two pipelines started once it is under way find it running,
-    # however slowly they start on a loaded machine (committed: the version's lineage names this commit)
-    set_params(repo, {"sft": {"max_steps": SLOW_SFT_STEPS}})
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slower sft"], repo, env)
     pinned_before = _pin(repo)
     _change_row(repo / "data" / "train.jsonl", 0)
     changed_at = datetime.now(UTC)
@@ -196,11 +193,13 @@ def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused
         lambda: next((r for r in _runs(api, "rewardflow-pipeline") if r.start_time > changed_at), None),
         INTERVAL_S * 2 + 90,
         "the pipeline of the firing after the change",
+        every=0.2,
     )
     started = time.monotonic()
-    cli = subprocess.Popen(["rewardflow", "run"], cwd=repo, env=env, stderr=subprocess.PIPE, text=True)
-    repro = sh(["dvc", "repro"], repo, env, check=False)
-    cli_err = cli.communicate(timeout=120)[1]
+    with _paused_holder(repo, "scheduled retraining"):
+        cli = subprocess.Popen(["rewardflow", "run"], cwd=repo, env=env, stderr=subprocess.PIPE, text=True)
+        repro = sh(["dvc", "repro"], repo, env, check=False)
+        cli_err = cli.communicate(timeout=120)[1]
     refused_in = time.monotonic() - started
     assert cli.returncode == 75 and "is busy: scheduled retraining (Prefect flow run " in cli_err, cli_err
     holder = re.search(r"scheduled retraining \(Prefect flow run ([\w-]+)\)", cli_err).group(1)
@@ -247,6 +246,23 @@ def test_a_changed_row_is_pinned_and_retrained_while_other_pipelines_are_refused
     assert busy.state_name == "Skipped" and "the retraining test holding the checkout" in _message(busy), _message(busy)
     assert len(_trained(api)) == 2
     background["rebuild"] = _start_rebuild(repo, env, "2")
+
+
+@contextlib.contextmanager
+def _paused_holder(repo, what):
+    """The process holding the checkout (read from the holder note), stopped (SIGSTOP) for the body and continued
+    after: whatever a pipeline started meanwhile sees, it sees while the holder is mid-run, however fast or slow
+    this machine is. Stopping it keeps its lock, as a slow run would."""
+    from tasks import projectlock
+
+    note = repo / ".dvc" / "tmp" / projectlock.HOLDER_FILE
+    holder = json.loads(note.read_text())
+    assert what in holder["what"], holder
+    os.kill(holder["pid"], signal.SIGSTOP)
+    try:
+        yield holder
+    finally:
+        os.kill(holder["pid"], signal.SIGCONT)
 
 
 def _hold_between_firings(repo):
@@ -360,8 +376,10 @@ def test_two_pipelines_at_once_one_proceeds_the_other_refuses(project):
     loser = wait_until(lambda: next((p for p in runs if p.poll() is not None), None), 120, "one run to refuse", 0.2)
     refused_in = time.monotonic() - started
     winner = runs[1 - runs.index(loser)]
-    repro = sh(["dvc", "repro"], repo, env, check=False)
     assert winner.poll() is None  # it held the checkout throughout
+    with _paused_holder(repo, "rewardflow run") as holder:
+        assert holder["pid"] == winner.pid
+        repro = sh(["dvc", "repro"], repo, env, check=False)
     assert winner.wait(timeout=400) == 0, logs[runs.index(winner)].read()
     loser_err = logs[runs.index(loser)]
     loser_err.seek(0)
