@@ -196,7 +196,7 @@ def _print_summary(summary: dict, seconds: float) -> None:
     for key in ("data", "dvc_push"):
         if summary.get(key):
             typer.echo(f"{key:<{w}} {summary[key]}")
-    from tasks.metrics import SHOWN
+    from tasks.metric_table import SHOWN
 
     width = {k: max(len(k), 8) for k in SHOWN}
     typer.echo("\nheld-out         " + " ".join(f"{k:>{width[k]}}" for k in SHOWN))
@@ -347,6 +347,32 @@ def lineage(
     except (LookupError, TrackingUnavailable) as err:
         _registry_error(err)
     typer.echo("\n".join(lines))
+
+
+@app.command("dvc-deps")
+def dvc_deps(
+    write: Annotated[bool, typer.Option("--write", help="put the derived code dependencies into dvc.yaml")] = False,
+) -> None:
+    """Check each dvc.yaml stage's code dependencies against the project modules its function imports
+    (tasks/code_deps.py): exit 1 naming what is missing or surplus. With --write, set them."""
+    from tasks import code_deps
+    from tasks.dvcfile import DVC_FILE
+
+    if write:
+        changed = code_deps.write()
+        typer.echo(f"{DVC_FILE.name}: code deps of {', '.join(changed)} written" if changed else "up to date")
+        return
+    found = code_deps.problems()
+    if found:
+        typer.secho(
+            f"error: {DVC_FILE.name}: code dependencies differ from what the stages import:\n  "
+            + "\n  ".join(found)
+            + "\nrun `rewardflow dvc-deps --write` to set them",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(1)
+    typer.echo(f"{DVC_FILE.name}: every stage's code deps are its import closure")
 
 
 @app.command("retrain")

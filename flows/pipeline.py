@@ -27,7 +27,7 @@ from tasks import dvcfile, pinning, projectlock, stage_outputs, tracking
 from tasks.config import Params, load_params
 from tasks.evaluation import in_table_order
 from tasks.lineage import Lineage
-from tasks.metrics import SHOWN
+from tasks.metric_table import SHOWN
 from tasks.stages import STAGES, pipeline_stages
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tasks.metrics import METRICS, PROMOTABLE
+from tasks.metric_table import PROMOTABLE, SPECS
 from tasks.params_schema import build
 from tasks.params_schema import check as _check
 from tasks.profiles import PROFILE_KEY, ParamsError, merged_raw, resolve_files
@@ -178,7 +178,7 @@ class RegisterConfig:
 
     @property
     def higher_is_better(self) -> bool:
-        return METRICS[self.primary_metric].higher_is_better
+        return SPECS[self.primary_metric].higher_is_better
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -44,6 +46,19 @@ def world_size() -> int:
 
 def needs_launch(p: Params) -> bool:
     return (p.launcher.num_processes > 1 or bool(p.launcher.config_file)) and not launched()
+
+
+def launchable(stage: str, run: Callable[[Params], Any]) -> Callable[[Params], Any]:
+    """A training stage's function: under `accelerate launch` when params `launcher` asks for several processes,
+    else `run` here. The function it wraps is its `__wrapped__`."""
+
+    def stage_function(p: Params) -> Any:
+        if needs_launch(p):
+            return launch(stage, p)
+        return run(p)
+
+    stage_function.__wrapped__ = run
+    return stage_function
 
 
 def command(stage: str, params_file: str | Path, p: Params) -> list[str]:

@@ -1,10 +1,10 @@
-"""The held-out metrics, one definition each: what it computes over the examples and which direction is better.
+"""How each held-out metric is computed over the examples; what each one is (its name, direction, whether the gate
+may compare it, whether the summary shows it) is tasks/metric_table.py, and a metric is one entry in each.
 
 Most metrics average a per-example value; the reading metrics (answer_diversity, label_correlation) are properties
 of the whole set of answers: how much the answers depend on the prompt. Evaluation computes every metric here
-(reports/eval.json), the promotion gate compares the one params.yaml names (`register.primary_metric`, one of the
-promotable ones) in its direction, and the run summary and the Prefect evaluation artifact show the ones marked
-shown. A new metric is one entry here.
+(reports/eval.json), the promotion gate compares the one params.yaml names (`register.primary_metric`) in its
+direction, and the run summary and the Prefect evaluation artifact show the ones marked shown.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from tasks.metric_table import SPECS, MetricSpec
 
 # eval.json also carries the number of examples each checkpoint was evaluated on
 COUNT = "n"
@@ -34,18 +36,21 @@ class Scored:
 
 @dataclass(frozen=True)
 class Metric:
-    name: str
+    spec: MetricSpec
     # the per-example value this metric averages (a key of every record in reports/predictions_<checkpoint>.jsonl);
     # "" for a metric of the whole set
     example_key: str
     of_example: Callable[[Scored], float] | None
-    higher_is_better: bool
-    # may be register.primary_metric
-    promotable: bool
-    # a column of the run summary (`rewardflow run`) and of the Prefect evaluation artifact
-    shown: bool
     # a metric of the whole set: f(each example's parsed prediction, each example's truth)
     of_set: Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], float] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.spec.higher_is_better
 
 
 def _within_1(s: Scored) -> float:
@@ -88,32 +93,26 @@ def label_correlation(predictions: Sequence[Sequence[int]], truths: Sequence[Seq
     return float(np.mean(correlations))
 
 
-UP, DOWN = True, False  # higher_is_better
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        # every item of the answer right
-        Metric("exact_match", "exact", _score("perfect"), UP, promotable=True, shown=True),
-        # the fraction of items exactly right (the reward's item_accuracy component)
-        Metric("item_accuracy", "item_accuracy", _score("item_accuracy"), UP, promotable=True, shown=True),
-        # the fraction of items within 1 of the truth; 0 for a structural failure
-        Metric("within_1", "within_1", _within_1, UP, promotable=True, shown=True),
-        # mean absolute error per item, a structural failure counting every item at the score span
-        Metric("mae", "abs_error", _abs_error, DOWN, promotable=True, shown=True),
-        # the answer is exactly the space-joined scores
-        Metric("format_compliance", "format_ok", lambda s: float(s.scores["format"] == 1.0), UP, True, shown=True),
-        # no numbers, or the wrong count of them
-        Metric("structural_failure_rate", "structural_failure", _score("structural_failure"), DOWN, False, False),
-        # the combined reward GRPO optimises in mode multi
-        Metric("mean_reward", "reward", _score("combined"), UP, promotable=True, shown=True),
-        # reading: how much the answers depend on the prompt (tasks/reading.py compares with answers that need none)
-        Metric("answer_diversity", "", None, UP, promotable=False, shown=True, of_set=answer_diversity),
-        Metric("label_correlation", "", None, UP, promotable=False, shown=True, of_set=label_correlation),
-    )
+# each metric of tasks/metric_table.py: (the per-example key it averages, its per-example value) or, for a metric
+# of the whole set, ("", None, its function of all predictions and truths)
+_COMPUTED: dict[str, tuple] = {
+    "exact_match": ("exact", _score("perfect"), None),
+    "item_accuracy": ("item_accuracy", _score("item_accuracy"), None),
+    "within_1": ("within_1", _within_1, None),
+    "mae": ("abs_error", _abs_error, None),
+    "format_compliance": ("format_ok", lambda s: float(s.scores["format"] == 1.0), None),
+    "structural_failure_rate": ("structural_failure", _score("structural_failure"), None),
+    "mean_reward": ("reward", _score("combined"), None),
+    "answer_diversity": ("", None, answer_diversity),
+    "label_correlation": ("", None, label_correlation),
 }
+if set(_COMPUTED) != set(SPECS):
+    raise ImportError(
+        f"tasks/metrics.py computes {sorted(set(_COMPUTED) - set(SPECS))} that tasks/metric_table.py lacks, and "
+        f"lacks {sorted(set(SPECS) - set(_COMPUTED))} that it declares"
+    )
+METRICS: dict[str, Metric] = {name: Metric(spec, *_COMPUTED[name]) for name, spec in SPECS.items()}
 EXAMPLE_METRICS = {name: m for name, m in METRICS.items() if m.of_set is None}
-PROMOTABLE = tuple(name for name, m in METRICS.items() if m.promotable)
-SHOWN = tuple(name for name, m in METRICS.items() if m.shown)
 
 
 def aggregate(examples: list[dict[str, Any]], truths: Sequence[Sequence[int]]) -> dict[str, float]:

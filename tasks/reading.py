@@ -67,10 +67,10 @@ def reference_metrics(
 def not_past_constant(metrics: Mapping[str, float], constant: Mapping[str, float]) -> str | None:
     """Why a model's metrics are not past the constant answer's (within_1 higher and MAE lower), or None when they
     are."""
-    from tasks.metrics import METRICS
+    from tasks.metric_table import SPECS
 
     def better(m: str) -> bool:
-        return metrics[m] > constant[m] if METRICS[m].higher_is_better else metrics[m] < constant[m]
+        return metrics[m] > constant[m] if SPECS[m].higher_is_better else metrics[m] < constant[m]
 
     short = [f"{m} {metrics[m]:.3f} vs {constant[m]:.3f}" for m in READING_BAR if not better(m)]
     if not short:

@@ -13,8 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tasks import dvcfile, stage_outputs
+from tasks import dvcfile, launcher, stage_outputs
 from tasks.config import Params
+from tasks.evaluation import run_evaluate, run_validation_eval
+from tasks.training import run_grpo, run_sft
+from tasks.validation import run_validate
 
 # what a stage function gets, and what MLflow-logging hooks get: (client, run id, stage name, params)
 OutputLogger = Callable[[Any, str, str, Params], None]
@@ -23,7 +26,9 @@ OutputLogger = Callable[[Any, str, str, Params], None]
 @dataclass(frozen=True)
 class Stage:
     name: str
-    # runs the stage in this process; heavy libraries (torch, transformers, trl) load only when it is called
+    # runs the stage in this process; heavy libraries (torch, transformers, trl) load only when it is called. Its
+    # module, with the modules of the functions it wraps (`__wrapped__`), is where the stage's code dependencies
+    # start (tasks/code_deps.py)
     run: Callable[[Params], Any]
     # one line for `rewardflow --help`
     help: str
@@ -36,75 +41,32 @@ class Stage:
     metrics_prefix: str = ""
 
 
-def _validate(p: Params) -> Any:
-    from tasks.validation import run_validate
-
-    return run_validate(p)
-
-
-def _launched_or_here(stage: str, run: Callable[[Params], Any]) -> Callable[[Params], Any]:
-    """A training stage: under `accelerate launch` when params `launcher` asks for several processes, else here."""
-
-    def stage_function(p: Params) -> Any:
-        from tasks import launcher
-
-        if launcher.needs_launch(p):
-            return launcher.launch(stage, p)
-        return run(p)
-
-    return stage_function
-
-
-def _sft(p: Params) -> Any:
-    from tasks.training import run_sft
-
-    return run_sft(p)
-
-
-def _grpo(p: Params) -> Any:
-    from tasks.training import run_grpo
-
-    return run_grpo(p)
-
-
-def _evaluate(p: Params) -> Any:
-    from tasks.evaluation import run_evaluate
-
-    return run_evaluate(p)
-
-
-def _validation_eval(p: Params) -> Any:
-    from tasks.evaluation import run_validation_eval
-
-    return run_validation_eval(p)
-
-
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("validate", _validate, "Stage validate: the Great Expectations data gate."),
+        Stage("validate", run_validate, "Stage validate: the Great Expectations data gate."),
         Stage(
             "sft",
-            _launched_or_here("sft", _sft),
+            launcher.launchable("sft", run_sft),
             "Stage sft: supervised fine-tuning -> models/sft.",
             (stage_outputs.log_training,),
         ),
         Stage(
             "grpo",
-            _launched_or_here("grpo", _grpo),
+            launcher.launchable("grpo", run_grpo),
             "Stage grpo: GRPO from models/sft with the configured reward -> models/grpo.",
             (stage_outputs.log_training, stage_outputs.log_reward_components),
         ),
         Stage(
             "evaluate",
-            _evaluate,
+            run_evaluate,
             "Stage evaluate: held-out metrics of models/sft and models/grpo -> reports/eval.json.",
             (stage_outputs.log_score_heatmap,),
             log_when_skipped=True,
         ),
         Stage(
             "validation_eval",
-            _validation_eval,
+            run_validation_eval,
             "Stage validation_eval: validation-split metrics of models/sft and models/grpo -> "
             "reports/validation_eval.json (what sweeps select on; never the promotion gate).",
             metrics_prefix="validation.",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.dvcfile import declared_paths
-from tasks.metrics import METRICS
+from tasks.metric_table import SPECS
 from tasks.tracking import flatten
 
 # the stage a sweep runs (and, through DVC, its upstream stages): it scores the checkpoints on the validation split
@@ -112,8 +112,8 @@ def select(
 ) -> tuple[list[Setting], list[str]]:
     """The sweep's settings, best first by the mean over seeds of the GRPO checkpoint's validation `metric` (in
     its direction), and the names of the sweep's experiments that have no metrics (failed)."""
-    if metric not in METRICS:
-        raise SweepError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
+    if metric not in SPECS:
+        raise SweepError(f"unknown metric {metric!r} (one of {', '.join(SPECS)})")
     by_values: dict[tuple, dict[int, float]] = {}
     by_name = {exp["name"]: exp for exp in found}
     failed = []
@@ -125,7 +125,7 @@ def select(
         values = tuple((key, exp["params"].get(key)) for key in axes)
         by_values.setdefault(values, {})[int(exp["params"]["seed"])] = float(exp["metrics"][SELECTED][metric])
     settings = [Setting(values, by_seed) for values, by_seed in by_values.items()]
-    sign = -1 if METRICS[metric].higher_is_better else 1
+    sign = -1 if SPECS[metric].higher_is_better else 1
     return sorted(settings, key=lambda s: sign * s.mean), failed
 
 

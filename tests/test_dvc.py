@@ -23,10 +23,11 @@ def repo(tmp_path_factory):
 
 def test_rewardflow_run_leaves_dvc_clean_and_reruns_nothing(tmp_path):
     """The in-process pipeline agrees with DVC: from a fresh clone it generates the pinned data, runs every stage,
-    leaves `dvc status` clean with dvc.lock written; run again, it skips every stage.
+    leaves `dvc status` clean with dvc.lock written; run again, it skips every stage. A module only the evaluation
+    stages import (tasks/metrics.py, edited by a comment) re-runs those two and nothing upstream.
 
-    Slow: a whole pipeline from a fresh clone (data generated, the MLflow store created), then the unchanged re-run and
-    `dvc repro`.
+    Slow: a whole pipeline from a fresh clone (data generated, the MLflow store created), then the unchanged re-run,
+    `dvc repro`, and a re-run of the evaluation stages.
     """
     repo, env = _make_repo(tmp_path / "repo", generate=False)
     first = _sh(["rewardflow", "run"], repo, env)
@@ -40,6 +41,23 @@ def test_rewardflow_run_leaves_dvc_clean_and_reruns_nothing(tmp_path):
     assert stage_rows == [[name, "skipped"] for name in STAGES]
     assert "already registered as version 1" in second.stdout
     assert _ran(_sh(["dvc", "repro"], repo, env).stdout) == []  # and DVC agrees
+
+    with (repo / "tasks" / "metrics.py").open("a") as module:
+        module.write("# a comment changes the file's hash\n")
+    third = _sh(["rewardflow", "run"], repo, env)
+    statuses = {
+        row[0]: row[1]
+        for row in (line.split()[:2] for line in third.stdout.splitlines())
+        if row[:1] and row[0] in STAGES
+    }
+    assert statuses == {
+        "validate": "skipped",
+        "sft": "skipped",
+        "grpo": "skipped",
+        "evaluate": "ran",
+        "validation_eval": "ran",
+    }
+    assert json.loads(_sh(["dvc", "status", "--json"], repo, env).stdout) == {}
 
 
 def _ran(output: str) -> list[str]:

@@ -26,7 +26,7 @@ from project import free_port, tiny_params, use_store
 
 from tasks.config import RegisterConfig
 from tasks.data import generate_rows
-from tasks.metrics import PROMOTABLE
+from tasks.metric_table import PROMOTABLE
 from tasks.promotion import (
     Decision,
     apply_decision,
