@@ -78,11 +78,35 @@ FLOW_COMMANDS = {"run", "serve", "retrain", "promote", "rollback"}
 BUSY_EXIT_CODE = 75
 
 
+class _NoTracebackFor(logging.Filter):
+    """Drops the traceback from a log record of one of these exceptions (Prefect's engines log every exception a
+    flow or task run raises with its traceback): the command reports it as one message."""
+
+    def __init__(self, errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.errors):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 @app.callback()
-def _main(ctx: typer.Context, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the traceback of a failure the data, params or a service caused")
+    ] = False,
+) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     if ctx.invoked_subcommand in FLOW_COMMANDS:
         logging.getLogger("tasks").setLevel(level)
+        if not debug:
+            quiet = _NoTracebackFor(_pipeline_errors())
+            for name in ("prefect.flow_runs", "prefect.task_runs"):
+                logging.getLogger(name).addFilter(quiet)
         return
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -234,9 +258,7 @@ def run(
 
     _load(params, set_)  # a bad params file fails here, before any server starts
     from flows.unchanged import unchanged_summary
-    from tasks.pinning import DataNotPinned
     from tasks.projectlock import ProjectBusy, hold
-    from tasks.tracking import TrackingUnavailable
 
     started = time.perf_counter()
     try:
@@ -251,18 +273,19 @@ def run(
     except ProjectBusy as err:
         typer.secho(f"not started: {err}", err=True, fg="red")
         raise typer.Exit(BUSY_EXIT_CODE) from None
-    except (
-        TrackingUnavailable,
-        ValidationFailed,
-        DataFileError,
-        DataNotPinned,
-        FileNotFoundError,
-        ValueError,
-        OSError,
-    ) as err:
+    except _pipeline_errors() as err:
         typer.secho(f"pipeline failed: {err}", err=True, fg="red")
         raise typer.Exit(1) from None
     _print_summary(summary, time.perf_counter() - started)
+
+
+def _pipeline_errors() -> tuple[type[Exception], ...]:
+    """What a pipeline run fails with when the data, the params' files or a service is at fault: reported as one
+    message (exit 1), never as a traceback."""
+    from tasks.pinning import DataNotPinned
+    from tasks.tracking import TrackingUnavailable
+
+    return (TrackingUnavailable, ValidationFailed, DataFileError, DataNotPinned, FileNotFoundError, ValueError, OSError)
 
 
 def _registry_error(err: Exception) -> None:
@@ -279,9 +302,10 @@ def promote(
     """Make a registered version the champion (recorded; `rewardflow rollback` undoes it)."""
     _load(params, None)
     from flows.promote import promote_flow
-    from tasks.tracking import TrackingUnavailable
+    from tasks.tracking import TrackingUnavailable, open_client
 
     try:
+        open_client()  # a server that is down fails here, not inside the flow run (whose engine logs a traceback)
         previous = promote_flow(version, reason, str(params))
     except (ValueError, LookupError, TrackingUnavailable) as err:
         _registry_error(err)
@@ -296,9 +320,10 @@ def rollback(
     """Give the champion alias back to the previous champion (recorded)."""
     _load(params, None)
     from flows.promote import rollback_flow
-    from tasks.tracking import TrackingUnavailable
+    from tasks.tracking import TrackingUnavailable, open_client
 
     try:
+        open_client()  # as in promote: a server that is down fails before the flow run
         demoted, restored = rollback_flow(reason, str(params))
     except (ValueError, LookupError, TrackingUnavailable) as err:
         _registry_error(err)
@@ -384,7 +409,11 @@ def retrain(
     _load(params, None)
     from flows.retrain import retraining_flow
 
-    result = retraining_flow(str(params), force)
+    try:
+        result = retraining_flow(str(params), force)
+    except _pipeline_errors() as err:
+        typer.secho(f"retraining failed: {err}", err=True, fg="red")
+        raise typer.Exit(1) from None
     typer.echo(f"skipped: {result['skipped']}" if "skipped" in result else f"retrained: {result['registration']}")
 
 

@@ -135,9 +135,15 @@ def prepare_data(p: Params, lineage: Lineage) -> str:
 
 @task(cache_policy=NO_CACHE)
 def pin_data(p: Params, lineage: Lineage) -> pinning.DataPin:
-    """The data files as data.dvc pins them: changed ones pinned now (data.pin: pin), or nothing trains (refuse)."""
+    """The data files as data.dvc pins them: changed ones pinned now (data.pin: pin) once they pass the data gate,
+    or nothing trains (refuse, or a failed gate: data.dvc and the DVC cache stay as they were)."""
+    from tasks.validation import ValidationFailed, require_valid
+
     try:
-        pin = pinning.check_data(lineage.root, p.paths, p.data.pin)
+        pin = pinning.check_data(lineage.root, p.paths, p.data.pin, gate=lambda: require_valid(p))
+    except ValidationFailed as err:
+        notify.mark_stage(err, "validate")
+        raise
     except BaseException as err:
         notify.mark_stage(err, "data pin")
         raise

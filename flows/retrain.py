@@ -31,7 +31,10 @@ def nothing_new(p: Params) -> str | None:
     or kept out), or None. A version whose gate never finished does not count: the pipeline finishes it."""
     from tasks import registry  # MLflow: imported only by a run that got the checkout
 
-    data_hash = tracking.hash_files(p.paths.data_files().values())
+    files = p.paths.data_files().values()
+    if not all(Path(file).is_file() for file in files):
+        return None  # as `rewardflow run`: the pipeline writes the embedded data, or fails naming what is missing
+    data_hash = tracking.hash_files(files)
     versions = registry.versions_tagged(tracking.open_client(), p.register.model_name, "data_hash", data_hash)
     gated = [v for v in versions if registry.decided(v)]
     if not gated:

@@ -11,6 +11,7 @@ Every DVC call goes through the project's Repo (tasks/projectlock), which the pi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,17 @@ class DataPin:
     message: str
 
 
-def check_data(root: str | Path, paths: PathsConfig, mode: str) -> DataPin:
+def check_data(root: str | Path, paths: PathsConfig, mode: str, gate: Callable[[], None] = lambda: None) -> DataPin:
     """Compare the configured data files with their .dvc pin: pin changed ones (mode "pin") or raise
-    DataNotPinned ("refuse"). Content that matches the pin but is missing from the cache is cached either way."""
+    DataNotPinned ("refuse"). Content that matches the pin but is missing from the cache is cached either way.
+
+    `gate` is the data gate: called before anything new is pinned (data.dvc, the DVC cache), it raises when the
+    files may not be trained on, and then nothing is written."""
     root = Path(root).resolve()
     with projectlock.open_repo(root) as repo:
         if repo is None:
             return DataPin(None, None, None, (), "not a DVC project: the data is not pinned")
-        dvc_file, out = _pinning_file(repo, root, paths, mode)
+        dvc_file, out = _pinning_file(repo, root, paths, mode, gate)
         status = repo.status(targets=[dvc_file])
         changes = {c for entry in status.get(dvc_file, []) for c in entry.get("changed outs", {}).values()}
         old = _md5(root, dvc_file)
@@ -65,6 +69,7 @@ def check_data(root: str | Path, paths: PathsConfig, mode: str) -> DataPin:
                 f"`git add {dvc_file} && git commit`; to go back to the pinned data: `dvc checkout {dvc_file}`; "
                 "or set data.pin: pin to let the pipeline pin it"
             )
+        gate()
         repo.commit(dvc_file, force=True)
         new = _md5(root, dvc_file)
         message = (
@@ -75,9 +80,9 @@ def check_data(root: str | Path, paths: PathsConfig, mode: str) -> DataPin:
         return DataPin(dvc_file, out, new, tuple(changed), message)
 
 
-def _pinning_file(repo: Any, root: Path, paths: PathsConfig, mode: str) -> tuple[str, str]:
+def _pinning_file(repo: Any, root: Path, paths: PathsConfig, mode: str, gate: Callable[[], None]) -> tuple[str, str]:
     """(the .dvc file that pins the data files, the output it pins); the data folder is added (`dvc add`) when
-    nothing pins the files yet and mode is "pin"."""
+    nothing pins the files yet and mode is "pin", once the files pass the gate."""
     from dvc.exceptions import OutputNotFoundError
 
     pins = set()
@@ -101,6 +106,7 @@ def _pinning_file(repo: Any, root: Path, paths: PathsConfig, mode: str) -> tuple
             )
         if not sources:
             log.warning("nothing pins %s: `dvc add %s`", path.relative_to(root), paths.data_dir)
+            gate()
             (stage,) = repo.add(str(root / paths.data_dir))
             sources = stage.outs
         pins.add((sources[0].stage.relpath, sources[0].def_path))

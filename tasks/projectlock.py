@@ -4,9 +4,10 @@ DVC takes `.dvc/tmp/lock` for every command that reads or writes the project's D
 run`, `dvc commit`, `dvc status`, `dvc push`). The pipeline (`rewardflow run`, the retraining flow) takes the same
 lock before it looks at anything and keeps it until its last dvc.lock, cache and registry write, so of two
 pipelines, or of a pipeline and a DVC command, one proceeds and the other refuses within seconds: `ProjectBusy`
-here (naming the holder), DVC's "Unable to acquire lock" there. It is an `flock` (zc.lockfile, or DVC's hardlink
-lock when `core.hardlink_lock` is set): the kernel releases it when the holder dies, so a killed run never leaves
-the project locked.
+here (naming the holder), DVC's "Unable to acquire lock" there. It is an `flock` (zc.lockfile): the kernel
+releases it when the holder dies, so a killed run never leaves the project locked. DVC's hardlink lock (for filesystems without flock, such as some NFS mounts) is a file
+taken for a year: a killed run would leave the checkout locked, so the pipeline refuses to start under that
+setting (HardlinkLockRefused) and says what to do.
 
 `dvc repro` lets go of that lock while a stage's command runs (so that the command may call DVC) and guards the
 stage's paths with `.dvc/tmp/rwlock` instead. So after taking the lock the pipeline also reads the rwlock: a live
@@ -44,6 +45,11 @@ class ProjectBusy(RuntimeError):
     """Another process holds the project; the message names it and what to do."""
 
 
+class HardlinkLockRefused(ValueError):
+    """`core.hardlink_lock` is set: a pipeline killed while holding DVC's hardlink lock would leave the checkout
+    locked for a year. The message names the setting and what to do."""
+
+
 def is_dvc_project(root: str | Path) -> bool:
     return (Path(root) / ".dvc").is_dir()
 
@@ -68,6 +74,13 @@ def hold(root: str | Path, what: str) -> Iterator[Any]:
 
     with ExitStack() as stack:
         repo = stack.enter_context(Repo(str(root)))
+        if repo.config["core"].get("hardlink_lock"):
+            raise HardlinkLockRefused(
+                f"{root / '.dvc' / 'config'} sets core.hardlink_lock: DVC's hardlink lock is taken for a year, so a "
+                "pipeline killed while holding it would leave this checkout locked. Use DVC's default lock (an "
+                "flock the kernel releases when its holder dies): `dvc config --unset core.hardlink_lock` (it is "
+                "for filesystems without flock, such as some NFS mounts: keep the checkout on a local disk)"
+            )
         try:
             stack.enter_context(lock_repo(repo))
         except LockError:

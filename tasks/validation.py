@@ -409,6 +409,15 @@ def validate_files(
     return gate
 
 
+def require_valid(p: Params) -> None:
+    """The data gate on the configured files, writing nothing: raise ValidationFailed when it fails. What the
+    pipeline checks before it pins changed data (tasks/pinning.py), so refused data is never pinned."""
+    files = p.paths.data_files()
+    gate = validate_files(files["train"], files["heldout"], p, None, files["validation"])
+    if not gate.passed:
+        raise ValidationFailed(gate)
+
+
 def run_validate(p: Params) -> GateResult:
     """The validate stage: raise ValidationFailed (no retry, nothing trained) when the data gate fails."""
     files = p.paths.data_files()

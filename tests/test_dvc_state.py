@@ -1,14 +1,19 @@
 """The project's DVC state at its edges, with real DVC and no pipeline run: a `dvc repro` stage running holds the
 checkout against `rewardflow run`, and a push to a remote that cannot be written is reported, not raised."""
 
+import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 from project import copy_params, sh, stop_group, tool_env, wait_until
 
 pytestmark = pytest.mark.slow
+
+VENV_BIN = Path(sys.executable).parent
 
 
 def _pin(repo) -> str:
@@ -56,3 +61,22 @@ def test_a_failed_push_is_reported_and_content_is_located(tmp_path):
     assert message.startswith("push to DVC remote 'broken' failed: ") and "run `dvc push`" in message
     remote, found = rebuild.where(tmp_path, {"data": _pin(tmp_path)})
     assert remote == "broken" and found["data"][0] is True and found["data"][1] is not True
+
+
+def test_a_checkout_with_dvc_hardlink_lock_is_refused_before_anything_runs(tmp_path):
+    """DVC's hardlink lock (core.hardlink_lock, for filesystems without flock) is taken for a year: a pipeline
+    killed while holding it would leave the checkout locked. `rewardflow run` refuses to start under that setting,
+    naming it and what to do, and creates nothing."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PREFECT_API_URL", None)
+    sh(["git", "init", "-q"], tmp_path, env)
+    sh(["dvc", "init", "-q"], tmp_path, env)
+    sh(["dvc", "config", "core.hardlink_lock", "true"], tmp_path, env)
+    copy_params(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if ".git" not in p.parts)
+    refused = sh(["rewardflow", "run"], tmp_path, env, check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "sets core.hardlink_lock" in refused.stderr and "dvc config --unset core.hardlink_lock" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if ".git" not in p.parts)
+    assert [p for p in after if p not in before and p.parts[:2] != (".dvc", "tmp")] == []

@@ -104,10 +104,20 @@ def _reference(repo, stage, tmp_path):
     return models / stage
 
 
+def _dvc_record(repo) -> dict[str, bytes]:
+    """data.dvc and every file of the DVC cache and of the default remote (../rewardflow-dvc-storage), by path."""
+    remote = repo.parent / "rewardflow-dvc-storage"
+    files = {"data.dvc": (repo / "data.dvc").read_bytes()}
+    for folder in (repo / ".dvc" / "cache", remote):
+        files |= {str(f): f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+    return files
+
+
 def test_a_run_on_bad_data_leaves_no_trace(project):
     """`rewardflow run` on a train file with an out-of-range score: exit 1 naming the row, and afterwards no
-    checkpoint (not even a partial one), no model version, dvc.lock byte for byte as before. The temporary Prefect
-    server the run started listened on 127.0.0.1 only.
+    checkpoint (not even a partial one), no model version, and data.dvc, dvc.lock, the DVC cache and the remote
+    byte for byte as before (the data gate runs before the changed file is pinned). The temporary Prefect server
+    the run started listened on 127.0.0.1 only.
 
     Slow: the run starts Prefect's temporary server and the data gate before it fails, while the test lists the
     run's listening sockets every 0.2 s.
@@ -121,6 +131,7 @@ def test_a_run_on_bad_data_leaves_no_trace(project):
     rows[1] = json.dumps(row)
     train.write_text("\n".join(rows) + "\n")
     lock = (repo / "dvc.lock").read_bytes()
+    record = _dvc_record(repo)
     try:
         run = subprocess.Popen(
             ["rewardflow", "run"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -140,6 +151,7 @@ def test_a_run_on_bad_data_leaves_no_trace(project):
     assert "pipeline failed" in err and "train.jsonl:2" in err and "scores_min" in err, err[-3000:]
     assert not (repo / "models").exists()  # no checkpoint, no half-written one
     assert (repo / "dvc.lock").read_bytes() == lock
+    assert _dvc_record(repo) == record  # data.dvc, every file of the DVC cache and of the remote
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}", f"sqlite:///{repo / 'mlflow.db'}")

@@ -26,7 +26,7 @@ from project import free_port
 from tasks import promotion, registry_lock, tracking
 from tasks.config import RegisterConfig
 from tasks.promotion import register_and_gate
-from tasks.registry_lock import LOCK_SUFFIX, RegistryBusy, gate_lock
+from tasks.registry_lock import LOCK_SUFFIX, RegistryBusy, RegistryLockLost, gate_lock
 from tasks.tracking import TrackingUnavailable
 
 pytestmark = pytest.mark.slow
@@ -404,6 +404,23 @@ def test_a_live_holder_makes_others_wait_then_fail_clearly(client):
     assert f"registry lock {name}{LOCK_SUFFIX} is held by {socket.gethostname()}:{os.getpid()}:" in str(errors[0])
     assert 1 <= waited < 10
     assert not client.search_registered_models(f"name = '{name}{LOCK_SUFFIX}'")  # released
+
+
+def test_two_holders_with_one_host_and_pid_have_different_tokens(client):
+    """host:pid in the token is for people to read (containers share hostnames and pid numbers): two holders of
+    one process get different tokens, and the earlier one, checking its lock while the later one holds it, finds
+    it is not its own."""
+    name = "same-host-and-pid"
+    with gate_lock(client, name) as first:
+        pass
+    with gate_lock(client, name) as second:
+        assert (
+            second.token.rsplit(":", 1)[0] == first.token.rsplit(":", 1)[0] == f"{socket.gethostname()}:{os.getpid()}"
+        )
+        assert second.token != first.token
+        with pytest.raises(RegistryLockLost, match=f"now held by {second.token}"):
+            first.check()
+        second.check()  # still the holder
 
 
 def test_a_live_holder_keeps_its_lock_past_the_ttl(client, monkeypatch):

@@ -111,6 +111,26 @@ def test_rewards_closer_than_min_std_leave_the_policy_unchanged(tiny):
     assert not step["moved"]
 
 
+@pytest.mark.parametrize("std, learns", [(0.005, False), (0.0099, False), (0.0101, True)])
+def test_the_std_rule_at_its_edge(tiny, std, learns):
+    """grpo.min_std is 0.01: a group of 4 whose rewards have population std just below it gets no advantage (no
+    gradient, nothing moves), one just above it gets the article's normalised ±1 and the step moves the policy."""
+    assert tiny().grpo.min_std == 0.01
+
+    def spread(completions, **kwargs):
+        return [0.5, 0.5 + 2 * std, 0.5, 0.5 + 2 * std][: len(completions)]  # std of {a, a + 2s} is s
+
+    step = grpo_step(tiny(), spread, group=4, min_unique_ratio=0.0)  # diversity off: the std rule alone
+    if learns:
+        assert [round(a, 4) for a in step["used"]] == [-1.0, 1.0, -1.0, 1.0], step["used"]
+        assert step["log"]["reward_stats/zero_std_group_frac"] == 0.0 and step["log"]["grad_norm"] > 0.0
+        assert step["moved"]
+    else:
+        assert step["used"] == [0.0] * 4
+        assert step["log"]["reward_stats/zero_std_group_frac"] == 1.0 and step["log"]["grad_norm"] == 0.0
+        assert not step["moved"]
+
+
 def test_a_group_of_eight_with_three_distinct_completions_gets_no_advantage(tiny):
     """The diversity rule where it matters: in a group of 8, 3 distinct completions (< 50%) whose rewards differ
     widely (so the std rule does not fire, and TRL's rule gives each a non-zero advantage) get zero advantage: the
