@@ -5,9 +5,9 @@ run`, `dvc commit`, `dvc status`, `dvc push`). The pipeline (`rewardflow run`, t
 lock before it looks at anything and keeps it until its last dvc.lock, cache and registry write, so of two
 pipelines, or of a pipeline and a DVC command, one proceeds and the other refuses within seconds: `ProjectBusy`
 here (naming the holder), DVC's "Unable to acquire lock" there. It is an `flock` (zc.lockfile): the kernel
-releases it when the holder dies, so a killed run never leaves the project locked. DVC's hardlink lock (for filesystems without flock, such as some NFS mounts) is a file
-taken for a year: a killed run would leave the checkout locked, so the pipeline refuses to start under that
-setting (HardlinkLockRefused) and says what to do.
+releases it when the holder dies, so a killed run never leaves the project locked. DVC's hardlink lock (for
+filesystems without flock, such as some NFS mounts) is a file taken for a year: a killed run would leave the
+checkout locked, so the pipeline refuses to start under that setting (HardlinkLockRefused) and says what to do.
 
 `dvc repro` lets go of that lock while a stage's command runs (so that the command may call DVC) and guards the
 stage's paths with `.dvc/tmp/rwlock` instead. So after taking the lock the pipeline also reads the rwlock: a live
