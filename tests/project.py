@@ -16,6 +16,8 @@ import yaml
 from tasks.telemetry import TELEMETRY_OFF
 
 ROOT = Path(__file__).resolve().parents[1]
+# the virtual environment's commands (rewardflow, dvc, mlflow, prefect): what a test puts first on PATH
+VENV_BIN = Path(sys.executable).parent
 TINY = {
     "task": {"n_train": 64, "n_heldout": 16, "n_validation": 16},
     "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},

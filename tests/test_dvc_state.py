@@ -3,17 +3,13 @@ checkout against `rewardflow run`, and a push to a remote that cannot be written
 
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
-from project import copy_params, sh, stop_group, tool_env, wait_until
+from project import VENV_BIN, copy_params, sh, stop_group, tool_env, wait_until
 
 pytestmark = pytest.mark.slow
-
-VENV_BIN = Path(sys.executable).parent
 
 
 def _pin(repo) -> str:

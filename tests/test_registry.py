@@ -22,7 +22,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
-from project import free_port, tiny_params, use_store
+from project import VENV_BIN, free_port, tiny_params, use_store
 
 from tasks.config import RegisterConfig
 from tasks.data import generate_rows
@@ -40,7 +40,6 @@ from tasks.registry import champion_metrics, decided, registry_status, version_m
 from tasks.scorer_package import ScorePredictor, log_score_model, pip_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 # On the tiny model (tests/project.py TINY), just enough SFT (a few seconds) that greedy decoding emits n_items
 # integers.
 SFT = [

@@ -12,14 +12,13 @@ import re
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from project import copy_params, grpo_step, tiny_params
+from project import VENV_BIN, copy_params, grpo_step, tiny_params
 
 from tasks import tracking
 from tasks.checkpoints import COMPLETE_MARKER, FINGERPRINT_FILE, Checkpoints, SaveFailed, stage_fingerprint
@@ -28,7 +27,6 @@ from tasks.data import read_jsonl
 from tasks.modeling import build_word_tokenizer, load_base_model, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 
 
 @pytest.fixture

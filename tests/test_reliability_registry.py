@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.tracking._model_registry import utils as registry_uri_state
 from mlflow.tracking._tracking_service import utils as tracking_uri_state
-from project import free_port
+from project import VENV_BIN, free_port
 
 from tasks import promotion, registry_lock, tracking
 from tasks.config import RegisterConfig
@@ -32,7 +32,6 @@ from tasks.tracking import TrackingUnavailable
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 CFG = RegisterConfig(model_name="unused", primary_metric="within_1", min_improvement=0.005, require_reading=True)
 # Client calls in this module give up fast: one retry, 3 s per request.
 FAST_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
