@@ -3,8 +3,9 @@
 `rewardflow serve` serves this flow (it needs a running Prefect server: `prefect server start`) as the deployment
 prefect.yaml declares for a work pool: its name, schedule, description and tags are read from there. A run that
 finds another pipeline holding the checkout (the previous firing still training, a `rewardflow run`, a `dvc repro`)
-does nothing and ends in the state Skipped with the holder in its message; so does a run that finds nothing new. A
-failed run is reported through the notification block of params.yaml `notify` (flows/notify.py).
+does nothing and ends in the state Skipped with the holder in its message; so does a run that finds nothing new
+(without taking the checkout's lock). A failed run is reported through the notification block of params.yaml
+`notify` (flows/notify.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ DEPLOYMENT_FILE = Path(__file__).resolve().parents[1] / "prefect.yaml"
 def nothing_new(p: Params) -> str | None:
     """Why retraining would be pointless (a version trained on exactly these data files has been gated: promoted
     or kept out), or None. A version whose gate never finished does not count: the pipeline finishes it."""
-    from tasks import registry  # MLflow: imported only by a run that got the checkout
+    from tasks import registry
 
     files = p.paths.data_files().values()
     if not all(Path(file).is_file() for file in files):
@@ -57,11 +58,20 @@ def retraining_flow(params_file: str = "params.yaml", force: bool = False) -> An
     from prefect.runtime import flow_run
 
     p = load_params(params_file)
+
+    # A firing that finds nothing new skips without taking the checkout's lock (DVC's): a schedule that fires
+    # every few minutes must not make the user's own `dvc status` or `dvc repro` fail for the moment it looks.
+    # Looked at again under the lock, where the data cannot change nor another pipeline gate a version.
+    def unchanged() -> State | None:
+        reason = None if force else nothing_new(p)
+        return skipped(f"data unchanged: {reason} (force=True retrains anyway)") if reason else None
+
+    if skip := unchanged():
+        return skip
     try:
         with projectlock.hold(Path.cwd(), f"scheduled retraining (Prefect flow run {flow_run.get_name()})"):
-            reason = None if force else nothing_new(p)
-            if reason:
-                return skipped(f"data unchanged: {reason} (force=True retrains anyway)")
+            if skip := unchanged():
+                return skip
             new = "forced" if force else "data no registered version was trained on"
             get_run_logger().info("retraining: %s", new)
             return training_pipeline(params_file)

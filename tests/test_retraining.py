@@ -161,14 +161,20 @@ def test_the_first_firing_trains_and_registers_a_champion(server, project, serve
     assert "decision: promoted" in body and "reason: first model: no champion yet (within_1 " in body
 
 
-def test_a_firing_on_unchanged_data_skips_without_training(server, project):
+def test_a_firing_on_unchanged_data_skips_without_training_nor_the_lock(server, project):
+    """With nothing new, a firing skips without taking the checkout's lock: while this test holds it (as a user's
+    `dvc repro` would), the firing says "data unchanged", not "busy"."""
+    from tasks import projectlock
+
     (api, _), (repo, _) = server, project
     (first,) = _trained(api)
-    skip = wait_until(
-        lambda: next((r for r in _runs(api) if r.start_time > first.end_time and "unchanged" in _message(r)), None),
-        INTERVAL_S * 2 + 60,
-        "a firing after the first training",
-    )
+    with projectlock.hold(repo, "the test, as a user's dvc command"):
+        held_at = datetime.now(UTC)
+        skip = wait_until(
+            lambda: next((r for r in _runs(api) if r.start_time > held_at and r.state.is_final()), None),
+            INTERVAL_S * 2 + 60,
+            "a firing after the first training",
+        )
     assert skip.state_name == "Skipped"
     assert "skipped: data unchanged: data hash " in _message(skip) and "is what version 1 was trained on" in _message(
         skip
