@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +15,7 @@ import yaml
 from typer.core import TyperGroup
 
 from flows import stopping
-from tasks.config import DATA_SPLITS, ParamsError, load_params
+from tasks.config import DATA_SPLITS, Params, ParamsError, load_params
 from tasks.data import DataFileError, generate_dataset
 from tasks.stages import STAGES
 from tasks.validation import ValidationFailed
@@ -158,14 +160,30 @@ def show_params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) ->
     typer.echo(yaml.safe_dump(_load(params, set_).to_dict(), sort_keys=False))
 
 
+@contextlib.contextmanager
+def _stage_data(name: str, p: Params) -> Iterator[None]:
+    """A stage command's body, on the data as data.dvc pins it (tasks/pinning.stage_guard: the pipeline's check).
+    A refusal, a failed data gate or a failure the files cause is one message (exit 1); a checkout another
+    pipeline holds, exit 75."""
+    from tasks.pinning import DataNotPinned, stage_guard
+    from tasks.projectlock import ProjectBusy
+
+    try:
+        with stage_guard(Path.cwd(), p, f"`rewardflow {name}`"):
+            yield
+    except ProjectBusy as err:
+        typer.secho(f"not started: {err}", err=True, fg="red")
+        raise typer.Exit(BUSY_EXIT_CODE) from None
+    except (DataNotPinned, DataFileError, FileNotFoundError, ValueError, OSError, ValidationFailed) as err:
+        typer.secho(f"error in stage {name}: {err}", err=True, fg="red")
+        raise typer.Exit(1) from None
+
+
 @stopping.stops_cleanly("stage")
 def _run_stage(name: str, params: Path, set_: list[str] | None) -> None:
     p = _load(params, set_)
-    try:
+    with _stage_data(name, p):
         STAGES[name].run(p)
-    except (FileNotFoundError, ValueError, OSError, ValidationFailed) as err:
-        typer.secho(f"error in stage {name}: {err}", err=True, fg="red")
-        raise typer.Exit(1) from None
 
 
 @app.command("validate")
@@ -201,12 +219,17 @@ def validate(
             fg="red",
         )
         raise typer.Exit(2)
-    try:
-        train, heldout, validation = files + [None] * (len(DATA_SPLITS) - len(files))
-        gate = validate_files(train, heldout, p, reports if is_stage else out, validation)
-    except DataFileError as err:
-        typer.secho(f"invalid: {err}", err=True, fg="red")
-        raise typer.Exit(1) from None
+    if is_stage:  # the data the stage checks is the data every later stage trains on: pinned as they are
+        configured = p.paths.data_files()
+        with _stage_data("validate", p):
+            gate = validate_files(configured["train"], configured["heldout"], p, reports, configured["validation"])
+    else:
+        try:
+            train, heldout, validation = files + [None] * (len(DATA_SPLITS) - len(files))
+            gate = validate_files(train, heldout, p, out, validation)
+        except DataFileError as err:
+            typer.secho(f"invalid: {err}", err=True, fg="red")
+            raise typer.Exit(1) from None
     typer.echo(gate.format())
     raise typer.Exit(0 if gate.passed else 1)
 
@@ -256,7 +279,7 @@ def run(
     date are skipped; when nothing changed at all, no flow starts."""
     import time
 
-    _load(params, set_)  # a bad params file fails here, before any server starts
+    p = _load(params, set_)  # a bad params file fails here, before any server starts
     from flows.unchanged import unchanged_summary
     from tasks.projectlock import ProjectBusy, hold
 
@@ -268,7 +291,8 @@ def run(
             if summary is None:
                 from flows.pipeline import training_pipeline, warm_up
 
-                warm_up(_load(params, set_))
+                _preflight(p)
+                warm_up(p)
                 summary = training_pipeline(str(params), list(set_ or []))
     except ProjectBusy as err:
         typer.secho(f"not started: {err}", err=True, fg="red")
@@ -279,13 +303,38 @@ def run(
     _print_summary(summary, time.perf_counter() - started)
 
 
+def _preflight(p: Params) -> None:
+    """Before a pipeline starts a flow run (and Prefect's temporary server): the Prefect server and the tracking
+    server answer, and every data file that exists reads as JSONL (missing ones are the embedded task's, which the
+    pipeline writes; the data gate checks the rows). Raises one of _pipeline_errors in seconds."""
+    from flows import prefect_api
+    from tasks import tracking
+    from tasks.data import read_jsonl_lines
+
+    prefect_api.check()
+    tracking.check_server(tracking.tracking_uri())
+    for file in p.paths.data_files().values():
+        if Path(file).exists():
+            read_jsonl_lines(file)
+
+
 def _pipeline_errors() -> tuple[type[Exception], ...]:
     """What a pipeline run fails with when the data, the params' files or a service is at fault: reported as one
     message (exit 1), never as a traceback."""
+    from flows.prefect_api import PrefectUnavailable
     from tasks.pinning import DataNotPinned
     from tasks.tracking import TrackingUnavailable
 
-    return (TrackingUnavailable, ValidationFailed, DataFileError, DataNotPinned, FileNotFoundError, ValueError, OSError)
+    return (
+        TrackingUnavailable,
+        PrefectUnavailable,
+        ValidationFailed,
+        DataFileError,
+        DataNotPinned,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+    )
 
 
 def _registry_error(err: Exception) -> None:
@@ -301,13 +350,16 @@ def promote(
 ) -> None:
     """Make a registered version the champion (recorded; `rewardflow rollback` undoes it)."""
     _load(params, None)
+    from flows import prefect_api
     from flows.promote import promote_flow
     from tasks.tracking import TrackingUnavailable, open_client
 
     try:
-        open_client()  # a server that is down fails here, not inside the flow run (whose engine logs a traceback)
+        # a server that is down fails here, not inside the flow run (whose engine logs a traceback)
+        open_client()
+        prefect_api.check()
         previous = promote_flow(version, reason, str(params))
-    except (ValueError, LookupError, TrackingUnavailable) as err:
+    except (ValueError, LookupError, TrackingUnavailable, prefect_api.PrefectUnavailable) as err:
         _registry_error(err)
     typer.echo(f"champion: v{previous or 'none'} -> v{version}")
 
@@ -319,13 +371,15 @@ def rollback(
 ) -> None:
     """Give the champion alias back to the previous champion (recorded)."""
     _load(params, None)
+    from flows import prefect_api
     from flows.promote import rollback_flow
     from tasks.tracking import TrackingUnavailable, open_client
 
     try:
         open_client()  # as in promote: a server that is down fails before the flow run
+        prefect_api.check()
         demoted, restored = rollback_flow(reason, str(params))
-    except (ValueError, LookupError, TrackingUnavailable) as err:
+    except (ValueError, LookupError, TrackingUnavailable, prefect_api.PrefectUnavailable) as err:
         _registry_error(err)
     typer.echo(f"champion: v{demoted} -> v{restored} (rolled back)")
 
@@ -406,10 +460,11 @@ def retrain(
     force: Annotated[bool, typer.Option("--force", help="retrain even when the data did not change")] = False,
 ) -> None:
     """Run the retraining flow once: the pipeline, unless a registered version was trained on these very data."""
-    _load(params, None)
+    p = _load(params, None)
     from flows.retrain import retraining_flow
 
     try:
+        _preflight(p)
         result = retraining_flow(str(params), force)
     except _pipeline_errors() as err:
         typer.secho(f"retraining failed: {err}", err=True, fg="red")
@@ -442,6 +497,13 @@ def sweep(
     except ValueError:
         typer.secho(f"error: --seeds {seeds!r}: expected integers, e.g. 1,2,3", err=True, fg="red")
         raise typer.Exit(2) from None
+    from tasks.validation import require_valid
+
+    try:
+        require_valid(p)  # every experiment would train on these files: refuse them before queueing any
+    except (DataFileError, ValidationFailed) as err:
+        typer.secho(f"error: {err}", err=True, fg="red")
+        raise typer.Exit(1) from None
     try:
         result = run_sweep(Path.cwd(), p, grid, seed_list, metric or p.register.primary_metric, jobs)
     except SweepError as err:
@@ -470,9 +532,9 @@ def serve(
 ) -> None:
     """Serve the scheduled retraining deployment (needs a Prefect server: `prefect server start`)."""
     _load(params, None)
-    from prefect.settings import PREFECT_API_URL
+    from flows import prefect_api
 
-    if not PREFECT_API_URL.value():
+    if not prefect_api.configured_url():
         _registry_error(
             RuntimeError(
                 "serving a schedule needs a running Prefect server, not the temporary one `rewardflow run` starts: "
@@ -480,6 +542,10 @@ def serve(
                 "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` and retry"
             )
         )
+    try:
+        prefect_api.check()
+    except prefect_api.PrefectUnavailable as err:
+        _registry_error(err)
     from prefect import serve as prefect_serve
 
     from flows.retrain import deployment

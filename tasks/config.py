@@ -315,7 +315,8 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
     overrides = list(overrides)
     files = resolve_files(path, _profile_override(overrides))
     raw = merged_raw(files)
-    for assignment in overrides:
-        if assignment.partition("=")[0].strip() != PROFILE_KEY:
+    assigned = [a.partition("=")[0].strip() for a in overrides]
+    for assignment, key in zip(overrides, assigned, strict=True):
+        if key != PROFILE_KEY:
             apply_override(raw, assignment, files.label)
-    return build(Params, raw, "", files.label)
+    return build(Params, raw, "", lambda key: f"--set {key}" if key in assigned else files.origin(key))

@@ -5,19 +5,29 @@ pins. Changed data is pinned (`dvc commit data.dvc`: the content goes into the D
 md5; the user commits data.dvc) or, with `data.pin: refuse`, nothing trains. After the stages, what the version
 will name is pushed to the default DVC remote when one is configured (tasks/rebuild finds it again).
 
+The same check guards every way to train: the pipeline (before its first stage), a stage command run by hand
+(`rewardflow sft`: it holds the checkout, as the pipeline does) and a stage command `dvc repro` or `dvc exp run`
+runs (stage_guard). `dvc repro` pins changed data itself before its first stage (DVC commits a changed data
+source: "Verifying data sources in stage 'data.dvc'"), without the data gate, which then runs as the validate
+stage; with `data.pin: refuse`, a stage refuses data.dvc that differs from its committed version in git. A stage
+DVC runs cannot pin (DVC holds the data open for reading while its stages run): data that still differs from
+data.dvc there (`dvc repro --single-item`) is refused, naming `dvc add`.
+
 Every DVC call goes through the project's Repo (tasks/projectlock), which the pipeline holds locked.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks import projectlock, tracking
-from tasks.config import PathsConfig
+from tasks.config import Params, PathsConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +47,56 @@ class DataPin:
     message: str
 
 
-def check_data(root: str | Path, paths: PathsConfig, mode: str, gate: Callable[[], None] = lambda: None) -> DataPin:
+# Set by DVC for every stage command it runs (`dvc repro`, `dvc exp run`): the stage's address.
+DVC_STAGE_ENV = "DVC_STAGE"
+
+
+def inside_dvc_stage() -> bool:
+    """Whether this process is a stage command that `dvc repro` or `dvc exp run` started."""
+    return DVC_STAGE_ENV in os.environ
+
+
+def check_data(
+    root: str | Path,
+    paths: PathsConfig,
+    mode: str,
+    gate: Callable[[], None] = lambda: None,
+    can_pin: bool = True,
+) -> DataPin:
     """Compare the configured data files with their .dvc pin: pin changed ones (mode "pin") or raise
-    DataNotPinned ("refuse"). Content that matches the pin but is missing from the cache is cached either way.
+    DataNotPinned ("refuse", or `can_pin` false: a stage DVC runs). Content that matches the pin but is missing from
+    the cache is cached when it can be. Outside a DVC project, "refuse" refuses: nothing pins the files.
 
     `gate` is the data gate: called before anything new is pinned (data.dvc, the DVC cache), it raises when the
     files may not be trained on, and then nothing is written."""
     root = Path(root).resolve()
     with projectlock.open_repo(root) as repo:
         if repo is None:
+            if mode == "refuse":
+                raise DataNotPinned(
+                    f"{root} is not a DVC project and data.pin is refuse: nothing pins the data files "
+                    f"({', '.join(paths.data_files().values())}), so nothing was trained. Pin them: `dvc init` "
+                    f"(inside a git repository), then `dvc add {paths.data_dir}`; or set data.pin: pin to train on "
+                    "files nothing pins"
+                )
             return DataPin(None, None, None, (), "not a DVC project: the data is not pinned")
-        dvc_file, out = _pinning_file(repo, root, paths, mode, gate)
+        dvc_file, out = _pinning_file(repo, root, paths, mode, gate, can_pin)
         status = repo.status(targets=[dvc_file])
         changes = {c for entry in status.get(dvc_file, []) for c in entry.get("changed outs", {}).values()}
         old = _md5(root, dvc_file)
+        if not can_pin and mode == "refuse" and _differs_from_git(root, dvc_file):
+            raise DataNotPinned(
+                f"{dvc_file} (md5 {old}) differs from its committed version, and data.pin is refuse: nothing was "
+                f"trained. `dvc repro` pins changed data itself before any stage runs, unchecked; to train on it, "
+                f"check it (`rewardflow validate`) and commit the pin: `git add {dvc_file} && git commit`; to go back "
+                f"to the committed data: `git checkout {dvc_file} && dvc checkout {dvc_file}`"
+            )
         if not changes:
             return DataPin(dvc_file, out, old, (), f"data as {dvc_file} pins it (md5 {old})")
         if changes == {"not in cache"}:  # the files are what the pin says; only the cache lacked them
+            if not can_pin:
+                message = f"data as {dvc_file} pins it (md5 {old}); not in the DVC cache: `dvc commit {dvc_file}`"
+                return DataPin(dvc_file, out, old, (), message)
             repo.commit(dvc_file, force=True)
             return DataPin(dvc_file, out, old, (), f"data as {dvc_file} pins it (md5 {old}); added to the DVC cache")
         if "deleted" in changes:
@@ -69,6 +112,15 @@ def check_data(root: str | Path, paths: PathsConfig, mode: str, gate: Callable[[
                 f"`git add {dvc_file} && git commit`; to go back to the pinned data: `dvc checkout {dvc_file}`; "
                 "or set data.pin: pin to let the pipeline pin it"
             )
+        if not can_pin:
+            gate()  # bad data is named as such, before it is called unpinned
+            raise DataNotPinned(
+                f"{', '.join(changed)} changed since {dvc_file} pinned {out} (md5 {old}), and a stage that `dvc "
+                f"repro` or `dvc exp run` runs cannot pin it (DVC holds {out} open for reading while its stages run): "
+                f"nothing was trained. Pin it, then run again: `dvc add {out}` (or `rewardflow run`, which checks "
+                f"and pins it), then `git add {dvc_file} && git commit`; to go back to the pinned data: "
+                f"`dvc checkout {dvc_file}`"
+            )
         gate()
         repo.commit(dvc_file, force=True)
         new = _md5(root, dvc_file)
@@ -80,9 +132,11 @@ def check_data(root: str | Path, paths: PathsConfig, mode: str, gate: Callable[[
         return DataPin(dvc_file, out, new, tuple(changed), message)
 
 
-def _pinning_file(repo: Any, root: Path, paths: PathsConfig, mode: str, gate: Callable[[], None]) -> tuple[str, str]:
+def _pinning_file(
+    repo: Any, root: Path, paths: PathsConfig, mode: str, gate: Callable[[], None], can_pin: bool
+) -> tuple[str, str]:
     """(the .dvc file that pins the data files, the output it pins); the data folder is added (`dvc add`) when
-    nothing pins the files yet and mode is "pin", once the files pass the gate."""
+    nothing pins the files yet, mode is "pin" and this process can pin, once the files pass the gate."""
     from dvc.exceptions import OutputNotFoundError
 
     pins = set()
@@ -104,6 +158,12 @@ def _pinning_file(repo: Any, root: Path, paths: PathsConfig, mode: str, gate: Ca
                 f"paths.{key} {path.relative_to(root)} is not pinned by DVC and data.pin is refuse: nothing was "
                 f"trained. Pin it: `dvc add {paths.data_dir}`, then `git add {paths.data_dir}.dvc && git commit`"
             )
+        if not sources and not can_pin:
+            raise DataNotPinned(
+                f"paths.{key} {path.relative_to(root)} is not pinned by DVC, and a stage that `dvc repro` or `dvc "
+                f"exp run` runs cannot pin it: nothing was trained. Pin it: `dvc add {paths.data_dir}`, then `git "
+                f"add {paths.data_dir}.dvc && git commit`"
+            )
         if not sources:
             log.warning("nothing pins %s: `dvc add %s`", path.relative_to(root), paths.data_dir)
             gate()
@@ -116,6 +176,35 @@ def _pinning_file(repo: Any, root: Path, paths: PathsConfig, mode: str, gate: Ca
             f"({sorted(pins)}); pin them with one: keep them in {paths.data_dir}/ and `dvc add {paths.data_dir}`"
         )
     return pins.pop()
+
+
+@contextmanager
+def stage_guard(root: str | Path, p: Params, what: str) -> Iterator[DataPin]:
+    """The data check of a stage command, the pipeline's own: run by hand, the command holds the checkout (as
+    `rewardflow run` does; ProjectBusy when another pipeline or DVC command holds it) and pins changed data once it
+    passes the data gate (data.pin: pin) or refuses it; run by `dvc repro` or `dvc exp run` (which hold the
+    checkout), changed data is refused, naming `dvc add`. Yields the data as pinned, for the body to train on."""
+    from tasks.launcher import launched
+    from tasks.validation import require_valid
+
+    if launched():  # one of the processes a stage launched (tasks/launcher): its launcher checked and holds it
+        yield DataPin(None, None, None, (), "checked by the process that launched this one")
+        return
+    inside = inside_dvc_stage()
+    with nullcontext() if inside else projectlock.hold(root, what):
+        pin = check_data(root, p.paths, p.data.pin, gate=lambda: require_valid(p), can_pin=not inside)
+        log.info("data: %s", pin.message)
+        yield pin
+
+
+def _differs_from_git(root: Path, dvc_file: str) -> bool:
+    """Whether the .dvc file differs from its version in git's HEAD (False outside git or before a first commit)."""
+    import subprocess
+
+    result = subprocess.run(
+        ["git", "diff", "--quiet", "HEAD", "--", dvc_file], cwd=root, capture_output=True, check=False
+    )
+    return result.returncode == 1
 
 
 def _md5(root: Path, dvc_file: str) -> str:

@@ -36,6 +36,18 @@ class ParamsFiles:
     def label(self) -> str:
         return f"{self.profile} (over {self.base})" if self.profile else str(self.base)
 
+    def origin(self, key: str) -> str:
+        """The file that sets the dotted `key` (`reward.weights[0]` counts as `reward.weights`): the profile when it
+        sets it, else params.yaml. What a message about that key names."""
+        if self.profile is not None:
+            node: Any = read_yaml(self.profile)
+            for part in key.split("[")[0].split("."):
+                if not isinstance(node, dict) or part not in node:
+                    return str(self.base)
+                node = node[part]
+            return str(self.profile)
+        return str(self.base)
+
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
@@ -65,7 +77,7 @@ def _profile_path(base: Path, value: Any, origin: str) -> Path | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str):
-        raise ParamsError(f"{origin}: {PROFILE_KEY} must be a path to a profile file or \"\", got {value!r}")
+        raise ParamsError(f'{origin}: {PROFILE_KEY} must be a path to a profile file or "", got {value!r}')
     path = Path(value) if Path(value).is_absolute() else base.parent / value
     if not path.is_file():
         raise ParamsError(f"{origin}: {PROFILE_KEY} {value!r} is not a file (profiles live in profiles/)")

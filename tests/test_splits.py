@@ -29,7 +29,6 @@ TASK = TaskConfig(
 )
 
 
-
 def _rows(first: int, n: int) -> list[dict]:
     return [{"prompt": f"ticket {i} : grade it :", "scores": [i % 5 + 1, 3]} for i in range(first, first + n)]
 

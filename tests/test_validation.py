@@ -139,9 +139,7 @@ def test_a_clean_validation_split_passes_and_unseen_score_values_only_warn(tmp_p
     validation = _write(tmp_path / "validation.jsonl", [*VALID, {"prompt": "val 9 :", "scores": [5, 3, 3, 3]}])
     gate = validate_files(train, held, params, None, validation)
     assert gate.passed, gate.format()
-    assert [(w.check, w.file, w.lines) for w in gate.warnings] == [
-        ("score_values_seen_in_train", str(validation), [5])
-    ]
+    assert [(w.check, w.file, w.lines) for w in gate.warnings] == [("score_values_seen_in_train", str(validation), [5])]
 
 
 def test_unseen_score_value_warns_but_passes(tmp_path, params):
