@@ -296,9 +296,7 @@ def test_a_failed_firing_is_notified_with_its_stage_and_error(server, project, s
     changed_at = datetime.now(UTC)
     try:
         failed = wait_until(
-            lambda: next(
-                (r for r in _runs(api) if r.start_time > changed_at and r.state_type.value == "FAILED"), None
-            ),
+            lambda: next((r for r in _runs(api) if r.start_time > changed_at and r.state_type.value == "FAILED"), None),
             INTERVAL_S * 2 + 60,
             "a failed firing",
         )
