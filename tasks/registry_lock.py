@@ -195,6 +195,10 @@ def _acquire(client, name: str, wait_s: float) -> Lock:
             )
             return lock
         except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                # the lock existed when the server tried to create it, and its holder released it before the
+                # server read it back to say so (MLflow's SQL store): it is free now, try again
+                continue
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         holder = lock_tags(client, name)
