@@ -8,10 +8,7 @@ PREFECT_API_URL, `rewardflow run` starts Prefect's temporary server: nothing to 
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
-from tasks.tracking import redact
+from tasks.tracking import health_problem, redact
 
 
 class PrefectUnavailable(RuntimeError):
@@ -31,15 +28,9 @@ def check(timeout: float = 5.0) -> None:
     url = configured_url()
     if url is None:
         return
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as response:
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
-    except urllib.error.HTTPError as err:
-        problem = f"HTTP {err.code}"
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        problem = str(getattr(err, "reason", err))
+    problem = health_problem(url, timeout)
+    if problem is None:
+        return
     raise PrefectUnavailable(
         f"Prefect server {redact(url)} (PREFECT_API_URL) is unreachable ({redact(problem)}). Start it (`prefect "
         "server start`), fix PREFECT_API_URL, or unset it (`prefect config unset PREFECT_API_URL`): `rewardflow "

@@ -92,19 +92,25 @@ def _credentials_to_env() -> None:
     log.info("tracking: credentials of %s passed to MLflow through MLFLOW_TRACKING_USERNAME/PASSWORD", redact(uri))
 
 
+def health_problem(url: str, timeout: float = 5.0) -> str | None:
+    """What is wrong with a server's `<url>/health` (MLflow's and Prefect's API both have one), or None when it
+    answers 200 within `timeout` seconds."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        return f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        return str(getattr(err, "reason", err))
+
+
 def check_server(uri: str, timeout: float = 5.0) -> None:
     """Fail in seconds, with the address and what to do, when an http(s) tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
-    except urllib.error.HTTPError as err:
-        problem = f"HTTP {err.code}"
-    except (urllib.error.URLError, OSError) as err:
-        problem = str(getattr(err, "reason", err))
+    problem = health_problem(uri, timeout)
+    if problem is None:
+        return
     raise TrackingUnavailable(
         f"MLflow tracking server {redact(uri)} is unreachable ({redact(problem)}). Start it (e.g. `mlflow server "
         "--host 127.0.0.1 --port 5000`), fix MLFLOW_TRACKING_URI, or unset it to use the local sqlite:///mlflow.db"
