@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,10 @@ def stage_guard(root: str | Path, p: Params, what: str) -> Iterator[DataPin]:
     `rewardflow run` does; ProjectBusy when another pipeline or DVC command holds it) and pins changed data once it
     passes the data gate (data.pin: pin) or refuses it; run by `dvc repro` or `dvc exp run` (which hold the
     checkout), changed data is refused, naming `dvc add`. Yields the data as pinned, for the body to train on."""
+    import sqlite3
+
+    from dvc.exceptions import DvcException
+
     from tasks.launcher import launched
     from tasks.validation import require_valid
 
@@ -191,8 +195,18 @@ def stage_guard(root: str | Path, p: Params, what: str) -> Iterator[DataPin]:
         yield DataPin(None, None, None, (), "checked by the process that launched this one")
         return
     inside = inside_dvc_stage()
-    with nullcontext() if inside else projectlock.hold(root, what):
-        pin = check_data(root, p.paths, p.data.pin, gate=lambda: require_valid(p), can_pin=not inside)
+    with ExitStack() as stack:
+        try:
+            if not inside:
+                stack.enter_context(projectlock.hold(root, what))
+            pin = check_data(root, p.paths, p.data.pin, gate=lambda: require_valid(p), can_pin=not inside)
+        except (sqlite3.Error, DvcException) as err:  # DVC itself failed: its state files, its cache
+            raise DataNotPinned(
+                f"could not compare the data files with their DVC pin: DVC failed ({type(err).__name__}: {err}). "
+                "A full disk, a file-size limit or a damaged DVC state (.dvc/tmp, the site cache under "
+                "/var/tmp/dvc) is the usual cause: free space or remove the damaged state, then run again. Nothing "
+                "was trained"
+            ) from None
         log.info("data: %s", pin.message)
         yield pin
 

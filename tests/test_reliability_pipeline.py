@@ -246,3 +246,22 @@ def test_disk_full_while_writing_a_checkpoint(project, tmp_path):
     assert _tree_hash(plain / "models" / "sft") == before  # the output DVC records, byte for byte
     cut = plain / "models" / ".checkpoints" / "sft" / f"checkpoint-{SFT_SAVE}"
     assert cut.is_dir() and not (cut / COMPLETE_MARKER).exists()
+
+
+def test_disk_full_while_dvc_checks_the_data_pin(project):
+    """The same 20 kB limit in the DVC project: DVC's own state files (SQLite) are cut off while the stage compares
+    the data with data.dvc. One message naming DVC and what to do, exit 1, no traceback, nothing trained."""
+    repo, env = project
+    before = _tree_hash(repo / "models" / "sft")
+    run = subprocess.run(
+        ["rewardflow", "sft"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=_file_size_limit(20_000),
+    )
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "error in stage sft: could not compare the data files with their DVC pin: DVC failed (" in run.stderr
+    assert "free space or remove the damaged state, then run again" in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and _tree_hash(repo / "models" / "sft") == before
