@@ -165,7 +165,7 @@ def _stage_data(name: str, p: Params) -> Iterator[None]:
     """A stage command's body, on the data as data.dvc pins it (tasks/pinning.stage_guard: the pipeline's check).
     A refusal, a failed data gate or a failure the files cause is one message (exit 1); a checkout another
     pipeline holds, exit 75."""
-    from tasks.pinning import DataNotPinned, stage_guard
+    from tasks.pinning import stage_guard
     from tasks.projectlock import ProjectBusy
 
     try:
@@ -174,7 +174,7 @@ def _stage_data(name: str, p: Params) -> Iterator[None]:
     except ProjectBusy as err:
         typer.secho(f"not started: {err}", err=True, fg="red")
         raise typer.Exit(BUSY_EXIT_CODE) from None
-    except (DataNotPinned, DataFileError, FileNotFoundError, ValueError, OSError, ValidationFailed) as err:
+    except _pipeline_errors() as err:
         typer.secho(f"error in stage {name}: {err}", err=True, fg="red")
         raise typer.Exit(1) from None
 

@@ -213,6 +213,13 @@ def _file_size_limit(limit: int):
     return apply
 
 
+def _sft_under_20_kb(cwd, env) -> subprocess.CompletedProcess:
+    """`rewardflow sft` in cwd with a 20 kB file-size limit: the kernel cuts off any file written past it."""
+    return subprocess.run(
+        ["rewardflow", "sft"], cwd=cwd, env=env, capture_output=True, text=True, preexec_fn=_file_size_limit(20_000)
+    )
+
+
 def test_disk_full_while_writing_a_checkpoint(project, tmp_path):
     """The kernel refuses to write the first checkpoint past 20 kB: the stage fails with a message that says what
     failed, what is intact and what to do; the previous models/sft is untouched; the cut-off checkpoint has no
@@ -228,14 +235,7 @@ def test_disk_full_while_writing_a_checkpoint(project, tmp_path):
         shutil.copytree(repo / folder, plain / folder)
     before = _tree_hash(repo / "models" / "sft")
     assert _tree_hash(plain / "models" / "sft") == before
-    run = subprocess.run(
-        ["rewardflow", "sft"],
-        cwd=plain,
-        env=env,
-        capture_output=True,
-        text=True,
-        preexec_fn=_file_size_limit(20_000),
-    )
+    run = _sft_under_20_kb(plain, env)
     assert run.returncode == 1, run.stderr[-3000:]
     message = run.stderr
     assert f"error in stage sft: sft: could not write models/.checkpoints/sft/checkpoint-{SFT_SAVE}" in message
@@ -253,14 +253,7 @@ def test_disk_full_while_dvc_checks_the_data_pin(project):
     the data with data.dvc. One message naming DVC and what to do, exit 1, no traceback, nothing trained."""
     repo, env = project
     before = _tree_hash(repo / "models" / "sft")
-    run = subprocess.run(
-        ["rewardflow", "sft"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        preexec_fn=_file_size_limit(20_000),
-    )
+    run = _sft_under_20_kb(repo, env)
     assert run.returncode == 1, run.stderr[-3000:]
     assert "error in stage sft: could not compare the data files with their DVC pin: DVC failed (" in run.stderr
     assert "free space or remove the damaged state, then run again" in run.stderr, run.stderr[-3000:]
