@@ -111,7 +111,9 @@ def _main(
                 logging.getLogger(name).addFilter(quiet)
         return
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # libraries that log their own internals at INFO (Great Expectations: ~200 lines per import)
+    for chatty in ("httpx", "great_expectations"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 @data_app.command("generate")

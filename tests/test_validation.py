@@ -191,6 +191,7 @@ def test_cli_valid_files_exit_zero(tmp_path):
     result = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "data validation passed" in result.stdout and f"{tmp_path}/check/data_docs/index.html" in result.stdout
+    assert "great_expectations" not in result.stderr  # its INFO chatter (~200 lines per import) stays out
     assert json.loads((tmp_path / "check" / "validation.json").read_text())["passed"] is True
     assert "rewardflow_validation" in (tmp_path / "check" / "data_docs" / "index.html").read_text()
     assert not (tmp_path / "r").exists()
