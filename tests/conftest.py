@@ -33,6 +33,11 @@ def pytest_configure(config):
     pipeline starts keeps its SQLite database there, never in the user's ~/.prefect, and two workers never share
     one. Set before any test imports Prefect, which reads PREFECT_HOME when first imported."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    from project import SESSION_DIR_VAR
+
+    if SESSION_DIR_VAR not in os.environ:  # the session's first process; xdist's workers inherit the variable
+        config._rewardflow_session_dir = tempfile.mkdtemp(prefix="rewardflow-tests-session-")
+        os.environ[SESSION_DIR_VAR] = config._rewardflow_session_dir
     home = tempfile.mkdtemp(prefix=f"rewardflow-tests-prefect-{worker}-")
     config._rewardflow_prefect_home = home
     os.environ["PREFECT_HOME"] = home
@@ -47,9 +52,9 @@ def pytest_unconfigure(config):
     project = sys.modules.get("project")  # tests/project.py, once a test imported it
     if project is not None:
         project.stop_shared_prefect()
-    home = getattr(config, "_rewardflow_prefect_home", None)
-    if home:
-        shutil.rmtree(home, ignore_errors=True)
+    for folder in ("_rewardflow_prefect_home", "_rewardflow_session_dir"):
+        if getattr(config, folder, None):
+            shutil.rmtree(getattr(config, folder), ignore_errors=True)
 
 
 MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

@@ -101,6 +101,36 @@ def tool_env() -> dict:
     }
 
 
+# The folder every process of one test session shares (set by tests/conftest.py in the first process, inherited by
+# xdist's workers).
+SESSION_DIR_VAR = "REWARDFLOW_TEST_SESSION_DIR"
+PREFECT_DB = "prefect.db"  # the file Prefect's default database URL names in PREFECT_HOME
+
+
+def seed_prefect_home(home: Path) -> Path:
+    """home as a Prefect home whose database already has Prefect's schema: a copy of one database migrated once per
+    test session. A server started on an empty home runs every migration first (~7 s of CPU of the ~16 a fresh
+    temporary server costs, measured); what a test checks of the server is the same either way. A home that has a
+    database keeps it. Returns home."""
+    import fcntl
+
+    home.mkdir(parents=True, exist_ok=True)
+    if (home / PREFECT_DB).exists():
+        return home
+    shared = Path(os.environ.get(SESSION_DIR_VAR) or home.parent)
+    template = shared / "prefect-template" / PREFECT_DB
+    with (shared / "prefect-template.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process migrates; the others wait for it, then copy
+        if not template.exists():
+            building = shared / f"prefect-template.{os.getpid()}"
+            env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+            env |= {"PREFECT_HOME": str(building), **TELEMETRY_OFF}
+            sh([str(VENV_BIN / "prefect"), "server", "database", "upgrade", "-y"], shared, env)
+            building.rename(template.parent)
+    shutil.copyfile(template, home / PREFECT_DB)
+    return home
+
+
 _SHARED_PREFECT: dict = {}
 
 
@@ -116,6 +146,8 @@ def shared_prefect_api() -> str:
         )
         _SHARED_PREFECT["stack"] = stack
         atexit.register(stop_shared_prefect)
+        # the temporary servers that tests start in this process's own home (tests/conftest.py) skip the migrations
+        seed_prefect_home(Path(os.environ["PREFECT_HOME"]))
     return _SHARED_PREFECT["api"]
 
 
@@ -293,8 +325,9 @@ def prefect_server(home: Path, seconds: float = 180, like_temporary: bool = Fals
     """`prefect server start` on 127.0.0.1 (no UI) with its own PREFECT_HOME; yields its API URL, stops it and its
     children afterwards. By default with every service and a 2 s scheduler loop (a new schedule's runs exist within
     seconds); like_temporary: with only the services of the temporary server a flow starts when no server is set
-    (Prefect's PREFECT__SERVER_EPHEMERAL), which is what a pipeline run by hand talks to."""
-    home.mkdir(parents=True, exist_ok=True)
+    (Prefect's PREFECT__SERVER_EPHEMERAL), which is what a pipeline run by hand talks to. The home's database is
+    seeded (seed_prefect_home)."""
+    seed_prefect_home(home)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"PREFECT_HOME": str(home), **TELEMETRY_OFF}
     if like_temporary:

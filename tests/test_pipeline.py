@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project import free_port, make_repo, mlflow_server, set_params, sh
+from project import free_port, make_repo, mlflow_server, seed_prefect_home, set_params, sh
 
 from tasks.telemetry import TELEMETRY_OFF
 
@@ -366,7 +366,7 @@ def test_warm_up_starts_prefect_in_a_thread_that_imports_nothing(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_HOME": str(seed_prefect_home(tmp_path / "prefect")),
         **TELEMETRY_OFF,
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -180,6 +180,17 @@ print(json.dumps(ended))
 """
 
 
+def _each(work, items) -> list:
+    """work(item) for every item, all at once (one thread each), results in order. The crash cases each use their
+    own registered model, so their set-ups and re-runs are independent; at once, each re-run's wait for its dead
+    holder's lock TTL (2 s) overlaps the others' instead of adding up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return list(pool.map(work, items))
+
+
 def _crash_all(server, cases: list[tuple[str, str, str, str, str]]) -> None:
     """Run every (name, op, arg, method, marker) case as a CRASH child (see above); fail unless each one died by
     SIGKILL at its marker."""
@@ -224,22 +235,32 @@ def test_a_crash_at_any_registration_step_is_finished_by_the_rerun(server, clien
 
     Slow: nine crash points, each a process killed mid-registration whose re-run waits out the dead holder's lock.
     """
-    cases = []
-    for i, (method, marker, within_1) in enumerate(CRASH_POINTS):
+
+    def prepare(point):
+        i, (method, marker, within_1) = point
         name = f"crash-{i}"  # (a name ending like a marker would trip the wrong call)
         _register(client, name, _run(client, experiment_id), 0.5)  # v1, the champion
-        cases.append((name, "register", f"{_run(client, experiment_id)}:{within_1}", method, marker))
+        return name, "register", f"{_run(client, experiment_id)}:{within_1}", method, marker
+
+    cases = _each(prepare, enumerate(CRASH_POINTS))
     _crash_all(server, cases)
-    for name, _, arg, _, marker in cases:
+
+    def rerun(case):
+        name, _, arg, _, _ = case
         run_id, within_1 = arg.split(":")[0], float(arg.split(":")[1])
         before = _state(client, name)
         started = time.perf_counter()
-        version, decision, _ = _register(client, name, run_id, within_1)  # the re-run
-        after = _state(client, name)
+        result = _register(client, name, run_id, within_1)
+        return before, time.perf_counter() - started, result, _state(client, name)
+
+    for (name, _, arg, _, marker), (before, seconds, (version, decision, _), after) in zip(
+        cases, _each(rerun, cases), strict=True
+    ):
+        within_1 = float(arg.split(":")[1])
         promoted = within_1 > 0.5
         if marker == LOCK_SUFFIX:
             assert before["locked"] and decision is None, name  # the dead holder's lock; the work was done
-        assert time.perf_counter() - started < 30, name  # the dead process's lock is broken after its 2 s TTL
+        assert seconds < 30, name  # the dead process's lock is broken after its 2 s TTL
         assert version == "2", name
         assert after["versions"] == [("1", "promoted"), ("2", "promoted" if promoted else "rejected")], name
         assert after["aliases"] == {"champion": "2" if promoted else "1", "challenger": "2"}, name
@@ -285,18 +306,24 @@ def test_a_crash_at_any_write_of_promote_or_rollback_is_finished_by_the_rerun(se
 
     Slow: eleven crash points, each a process killed mid-write whose re-run waits out the dead holder's lock.
     """
-    cases = []
-    for i, (op, method, marker) in enumerate(PROMOTE_AND_ROLLBACK_CRASH_POINTS):
+
+    def prepare(point):
+        i, (op, method, marker) = point
         name = f"{op}-crash-{i}"
         _register(client, name, _run(client, experiment_id), 0.5)  # v1, the champion
         # v2: rejected (0.4) for promote to promote by hand; promoted (0.9) for rollback to undo
         _register(client, name, _run(client, experiment_id), 0.4 if op == "promote" else 0.9)
         arg = "2" if op == "promote" else "crash test"  # promote v2; rollback's reason
-        cases.append((name, op, arg, method, marker))
+        return name, op, arg, method, marker
+
+    cases = _each(prepare, enumerate(PROMOTE_AND_ROLLBACK_CRASH_POINTS))
     _crash_all(server, cases)
-    for name, op, arg, _, _ in cases:
-        result = _do(client, name, op, arg)  # the re-run
-        state = _state(client, name)
+
+    def rerun(case):
+        name, op, arg, _, _ = case
+        return _do(client, name, op, arg), _state(client, name)
+
+    for (name, op, _, _, _), (result, state) in zip(cases, _each(rerun, cases), strict=True):
         assert not state["locked"], name
         assert state["versions"] == [("1", "promoted"), ("2", "rejected" if op == "promote" else "promoted")], name
         if op == "promote":

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 import yaml
-from project import make_repo, set_params
+from project import make_repo, seed_prefect_home, set_params
 
 from tasks.checkpoints import COMPLETE_MARKER
 
@@ -34,7 +34,7 @@ def project(tmp_path_factory):
         },
     )
     env = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
-    env["PREFECT_HOME"] = str(root / "prefect")  # the temporary server's database, read back below
+    env["PREFECT_HOME"] = str(seed_prefect_home(root / "prefect"))  # the temporary server's database, read back below
     return repo, env
 
 
