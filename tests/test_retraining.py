@@ -4,17 +4,19 @@ One `prefect server start` on 127.0.0.1 (its own PREFECT_HOME), one project in a
 tiny params (tests/project.py), and an HTTP receiver on 127.0.0.1 standing in for Slack. The tests run in order on
 that one project: the schedule fires (trains; skips unchanged data; retrains after a row changed without `dvc add`,
 pinning it), a failing firing is notified, the work-pool deployment runs on demand, two pipelines start at once, and
-the version trained on the pinned data is rebuilt from its tags in a fresh clone.
+the version trained on the pinned data is rebuilt from its tags in a fresh clone at another path, byte for byte.
 """
 
 import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import yaml
@@ -28,6 +30,8 @@ from project import (
     stop_group,
     wait_until,
 )
+
+from tasks.stages import STAGES
 
 pytestmark = [pytest.mark.slow, pytest.mark.ordered]
 
@@ -270,10 +274,13 @@ def _paused_holder(repo, what):
 
 
 def _start_rebuild(repo, env, version):
-    """`rewardflow lineage VERSION`'s rebuild commands, run as printed, in the background (their own clone)."""
+    """`rewardflow lineage VERSION`'s rebuild commands, run as printed, in the background (their own clone). What
+    the version's run left (dvc.lock, reports/eval.json) is kept beside the project for the test that compares."""
     lineage = sh(["rewardflow", "lineage", version], repo, env).stdout
     commands = [line.strip() for line in lineage.split("\nrebuild (")[1].splitlines()[1:]]
     (repo.parent / "lineage.txt").write_text(lineage)
+    for name in ("dvc.lock", "reports/eval.json"):
+        shutil.copyfile(repo / name, repo.parent / f"v{version}-{Path(name).name}")
     with (repo.parent / "rebuild.log").open("w") as log:
         return subprocess.Popen(
             ["bash", "-c", "set -e\n" + "\n".join(commands)],
@@ -394,8 +401,10 @@ def test_two_pipelines_at_once_one_proceeds_the_other_refuses(project):
 def test_a_version_trained_on_pinned_data_is_rebuilt_from_its_tags(project, background):
     """`rewardflow lineage 2` (the version the schedule trained on the pinned row), printed right after it was
     registered: every DVC path it names is in the local cache and on the remote; its rebuild commands, run as
-    printed (in the background since then), give bit-identical checkpoints in a fresh clone and held-out metrics
-    equal to the recorded ones."""
+    printed (in the background since then), re-run every stage in a fresh clone at another path and give the same
+    bytes: every output a later stage depends on (the validation report, both checkpoints) and the held-out
+    metrics; only the outputs nothing depends on differ (GE's time-stamped Data Docs, the training logs' wall
+    times)."""
     repo, env = project
     _, versions = _registry(repo)
     tags = versions[1].tags
@@ -408,10 +417,28 @@ def test_a_version_trained_on_pinned_data_is_rebuilt_from_its_tags(project, back
     assert background["rebuild"].wait(timeout=600) == 0, (repo.parent / "rebuild.log").read_text()[-3000:]
 
     clone = repo.parent / commands[0].split(" && cd ")[1]
+    assert os.path.commonpath([clone, repo]) != str(repo)  # truly another place, not inside the first checkout
+    ran = (repo.parent / "rebuild.log").read_text().splitlines()
+    assert [line.split("'")[1] for line in ran if line.startswith("Running stage")] == list(STAGES)
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
-    outs = {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage["outs"]}
+    outs, first = _lock_outs(lock), _lock_outs(yaml.safe_load((repo.parent / "v2-dvc.lock").read_text()))
     assert outs["models/grpo"] == tags["dvc.models/grpo"] and outs["models/sft"] == tags["dvc.models/sft"]
     assert _pin(clone) == tags["dvc.data"]
+    depended_on = {dep["path"] for stage in lock["stages"].values() for dep in stage["deps"]}
+    feeding = sorted(path for path in first if path in depended_on)
+    assert feeding == ["models/grpo", "models/sft", "reports/validation.json"]
+    assert {path: outs[path] for path in feeding} == {path: first[path] for path in feeding}
+    assert {path for path in first if first[path] != outs[path]} <= {
+        "reports/data_docs",
+        "reports/sft_logs.json",
+        "reports/grpo_logs.json",
+    }
+    assert (clone / "reports" / "eval.json").read_bytes() == (repo.parent / "v2-eval.json").read_bytes()
     rebuilt = json.loads((clone / "reports" / "eval.json").read_text())["grpo"]
     recorded = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
     assert {k: float(v) for k, v in rebuilt.items()} == recorded
+
+
+def _lock_outs(lock: dict) -> dict[str, str]:
+    """{output path: md5} of every stage output a dvc.lock records."""
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
