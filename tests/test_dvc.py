@@ -105,16 +105,23 @@ def test_bad_data_stops_before_training(repo):
 
 
 def test_push_and_pull_through_the_default_local_remote(repo):
-    """The committed default remote is a folder beside the repository; push then pull restores the data."""
+    """The committed default remote is a folder beside the repository; push then pull restores the data into a
+    checkout without data or cache. (The cache is set aside meanwhile and put back: the trained stages' outputs stay
+    cached for the test after this one.)"""
     repo, env = repo
     _sh(["git", "checkout", "-q", "--", "data.dvc"], repo, env)
     _sh(["dvc", "checkout", "-q", "data.dvc"], repo, env, check=False)
     _sh(["dvc", "push", "-q", "data.dvc"], repo, env)
     assert (repo.parent / "rewardflow-dvc-storage").is_dir()
+    cache, aside = repo / ".dvc" / "cache", repo.parent / "cache-aside"
     shutil.rmtree(repo / "data")
-    shutil.rmtree(repo / ".dvc" / "cache")
-    _sh(["dvc", "pull", "-q", "data.dvc"], repo, env)
-    assert json.loads(_sh(["dvc", "status", "--json", "data.dvc"], repo, env).stdout) == {}
+    shutil.move(cache, aside)
+    try:
+        _sh(["dvc", "pull", "-q", "data.dvc"], repo, env)
+        assert json.loads(_sh(["dvc", "status", "--json", "data.dvc"], repo, env).stdout) == {}
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.move(aside, cache)
 
 
 def test_reward_weight_experiment(repo):
@@ -123,11 +130,12 @@ def test_reward_weight_experiment(repo):
     validation metrics, never evaluate; `dvc exp show` lists each experiment's metrics under their file, the
     held-out ones still the baseline's; the sweep ranks by the validation metric.
 
-    Slow: a real sweep: a baseline `dvc repro`, then two DVC experiments through the queue, each running grpo and
-    validation_eval as commands in its own workspace.
+    Slow: a real sweep: two DVC experiments through the queue, each running grpo and validation_eval as commands in
+    its own workspace. The baseline is the project as the tests before left it, made current (`dvc repro` runs
+    nothing after them; on its own, this test trains it first).
     """
     repo, env = repo
-    _sh(["git", "checkout", "-q", "--", "data.dvc", "params.yaml"], repo, env)
+    _sh(["git", "checkout", "-q", "--", "data.dvc"], repo, env)
     _sh(["dvc", "checkout", "-q"], repo, env, check=False)
     _sh(["dvc", "repro"], repo, env)
     _sh(["git", "add", "-A"], repo, env)
