@@ -51,7 +51,8 @@ WARM_UP_IMPORTS = ("great_expectations", "torch", "transformers", "datasets", "t
 def warm_up(p: Params) -> None:
     """Before the flow: start Prefect's temporary server in a thread (10-20 s, nearly all of it waiting on the
     server's subprocess) and meanwhile, in this thread, open the MLflow store (on a first run, create it: ~5 s of
-    migrations) and import the stages' heavy libraries (~6 s). Returns once the server answers.
+    migrations) and import the stages' heavy libraries (~6 s). Returns once the server answers. With a Prefect
+    server configured (PREFECT_API_URL) there is no wait to fill: only the MLflow store is opened.
 
     Only the calling thread imports: what the server thread runs is imported here before it starts. (Importing in
     two threads at once broke sqlalchemy's circular imports: "partially initialized module".) Errors are left to
@@ -80,11 +81,12 @@ def warm_up(p: Params) -> None:
         server_thread.start()
     with contextlib.suppress(Exception):
         tracking.connect(p, Path.cwd())
+    if server_thread is None:
+        return  # nothing to wait for: each stage that runs imports what it needs (none, for the stages DVC skips)
     for module in WARM_UP_IMPORTS:
         with contextlib.suppress(Exception):
             importlib.import_module(module)
-    if server_thread is not None:
-        server_thread.join()
+    server_thread.join()
 
 
 TRACKING_RETRIES = dict(retries=2, retry_delay_seconds=3, retry_condition_fn=_tracking_error)

@@ -385,3 +385,25 @@ def test_warm_up_starts_prefect_in_a_thread_that_imports_nothing(tmp_path):
     assert result["torch"] and result["trl"]  # the heavy imports happened
     assert [i for i in result["imports"] if i[0].startswith("rewardflow")] == []  # our threads import nothing
     assert (tmp_path / "mlflow.db").exists()  # the MLflow store was created
+
+
+def test_warm_up_with_a_prefect_server_configured_imports_no_stage_library(tmp_path):
+    """With PREFECT_API_URL set there is no server start to overlap: warm_up opens the MLflow store and imports
+    none of the stages' libraries (a stage DVC skips never pays for them; validate's Great Expectations alone is
+    ~3 s of CPU)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys; from tasks.config import load_params; from flows.pipeline import WARM_UP_IMPORTS, warm_up; "
+        "warm_up(load_params(sys.argv[1])); print([m for m in WARM_UP_IMPORTS if m in sys.modules])"
+    )
+    env = {**os.environ, **TELEMETRY_OFF, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"  # set, and never contacted by warm_up
+    probe = subprocess.run(
+        [sys.executable, "-c", code, str(root / "params.yaml")], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert probe.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "mlflow.db").exists()  # the MLflow store was opened (created)
