@@ -2,8 +2,10 @@
 (`--dist loadfile`): a file's tests share its module fixtures (one project, one server) and run in the file's order.
 Each worker has its own Prefect home, one compute thread (OMP_NUM_THREADS=1, inherited by the commands it starts)
 and, on first use, its own Prefect server for the pipelines tests run as commands (tests/project.py
-shared_prefect_api). A module marked `ordered` is one scenario in steps on one shared project; the tests of every
-other module pass in reverse order too. `--order reverse` or `--order random --order-seed N` reorders modules and the
+shared_prefect_api). The processes of one session share a folder (REWARDFLOW_TEST_SESSION_DIR) holding one Prefect
+database migrated once, which every Prefect home the tests make starts from (tests/project.py seed_prefect_home).
+A module marked `ordered` is one scenario in steps on one shared project; the tests of every other module pass in
+reverse order too. `--order reverse` or `--order random --order-seed N` reorders modules and the
 tests inside the unordered ones; by default the modules marked `slow` go first (`--order slow-first`), and xdist
 hands out files in that order (`--no-loadscope-reorder`: not its own order, most tests first). Plain `pytest` (no -n)
 runs everything in one process: the way to run one test.
