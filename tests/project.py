@@ -117,7 +117,7 @@ def seed_prefect_home(home: Path) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     if (home / PREFECT_DB).exists():
         return home
-    shared = Path(os.environ.get(SESSION_DIR_VAR) or home.parent)
+    shared = Path(os.environ[SESSION_DIR_VAR])
     template = shared / "prefect-template" / PREFECT_DB
     with (shared / "prefect-template.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process migrates; the others wait for it, then copy

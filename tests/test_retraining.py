@@ -16,7 +16,6 @@ import signal
 import subprocess
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 import yaml
@@ -32,6 +31,7 @@ from project import (
 )
 
 from tasks.stages import STAGES
+from tasks.tracking import dvc_lock_hashes
 
 pytestmark = [pytest.mark.slow, pytest.mark.ordered]
 
@@ -275,12 +275,14 @@ def _paused_holder(repo, what):
 
 def _start_rebuild(repo, env, version):
     """`rewardflow lineage VERSION`'s rebuild commands, run as printed, in the background (their own clone). What
-    the version's run left (dvc.lock, reports/eval.json) is kept beside the project for the test that compares."""
+    the version's run left (dvc.lock, reports/eval.json) is kept in vVERSION/ beside the project for the test that
+    compares."""
     lineage = sh(["rewardflow", "lineage", version], repo, env).stdout
     commands = [line.strip() for line in lineage.split("\nrebuild (")[1].splitlines()[1:]]
     (repo.parent / "lineage.txt").write_text(lineage)
     for name in ("dvc.lock", "reports/eval.json"):
-        shutil.copyfile(repo / name, repo.parent / f"v{version}-{Path(name).name}")
+        (repo.parent / f"v{version}" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(repo / name, repo.parent / f"v{version}" / name)
     with (repo.parent / "rebuild.log").open("w") as log:
         return subprocess.Popen(
             ["bash", "-c", "set -e\n" + "\n".join(commands)],
@@ -421,7 +423,8 @@ def test_a_version_trained_on_pinned_data_is_rebuilt_from_its_tags(project, back
     ran = (repo.parent / "rebuild.log").read_text().splitlines()
     assert [line.split("'")[1] for line in ran if line.startswith("Running stage")] == list(STAGES)
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
-    outs, first = _lock_outs(lock), _lock_outs(yaml.safe_load((repo.parent / "v2-dvc.lock").read_text()))
+    kept = repo.parent / "v2"  # what version 2's own run left (_start_rebuild)
+    outs, first = dvc_lock_hashes(clone), dvc_lock_hashes(kept)
     assert outs["models/grpo"] == tags["dvc.models/grpo"] and outs["models/sft"] == tags["dvc.models/sft"]
     assert _pin(clone) == tags["dvc.data"]
     depended_on = {dep["path"] for stage in lock["stages"].values() for dep in stage["deps"]}
@@ -433,12 +436,7 @@ def test_a_version_trained_on_pinned_data_is_rebuilt_from_its_tags(project, back
         "reports/sft_logs.json",
         "reports/grpo_logs.json",
     }
-    assert (clone / "reports" / "eval.json").read_bytes() == (repo.parent / "v2-eval.json").read_bytes()
+    assert (clone / "reports" / "eval.json").read_bytes() == (kept / "reports" / "eval.json").read_bytes()
     rebuilt = json.loads((clone / "reports" / "eval.json").read_text())["grpo"]
     recorded = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
     assert {k: float(v) for k, v in rebuilt.items()} == recorded
-
-
-def _lock_outs(lock: dict) -> dict[str, str]:
-    """{output path: md5} of every stage output a dvc.lock records."""
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 import yaml
-from project import make_repo, seed_prefect_home, set_params
+from project import PREFECT_DB, make_repo, seed_prefect_home, set_params
 
 from tasks.checkpoints import COMPLETE_MARKER
 
@@ -65,7 +65,7 @@ def _stop_during(repo, env, stage, signum, to_group):
 
 def _flow_runs(env):
     """(state type, message) of every flow run in the temporary server's database, oldest first."""
-    with sqlite3.connect(os.path.join(env["PREFECT_HOME"], "prefect.db")) as db:
+    with sqlite3.connect(os.path.join(env["PREFECT_HOME"], PREFECT_DB)) as db:
         return db.execute("select state_type, state_name from flow_run order by created").fetchall()
 
 
