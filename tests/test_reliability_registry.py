@@ -35,6 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CFG = RegisterConfig(model_name="unused", primary_metric="within_1", min_improvement=0.005, require_reading=True)
 # Client calls in this module give up fast: one retry, 3 s per request.
 FAST_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+# The crash matrices send all their cases' requests at once to one single-worker server on a loaded machine, where a
+# request can queue past 3 s; they test crashes, not timeouts, so their clients wait longer.
+MATRIX_CLIENT = {**FAST_CLIENT, "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 class Server:
@@ -197,7 +200,7 @@ def _crash_all(server, cases: list[tuple[str, str, str, str, str]]) -> None:
     result = subprocess.run(
         [sys.executable, "-c", CRASH, str(Path(__file__).parent), server.uri, json.dumps(cases)],
         cwd=ROOT,
-        env={**os.environ, **FAST_CLIENT},
+        env={**os.environ, **MATRIX_CLIENT},
         capture_output=True,
         text=True,
         timeout=240,
@@ -229,7 +232,7 @@ CRASH_POINTS = [
 ]
 
 
-def test_a_crash_at_any_registration_step_is_finished_by_the_rerun(server, client, experiment_id):
+def test_a_crash_at_any_registration_step_is_finished_by_the_rerun(server, client, experiment_id, monkeypatch):
     """kill -9 between any two registry writes, then re-run the registration of the same training run: exactly one
     new version, the right aliases and history, a recorded decision, no lock left behind.
 
@@ -242,6 +245,8 @@ def test_a_crash_at_any_registration_step_is_finished_by_the_rerun(server, clien
         _register(client, name, _run(client, experiment_id), 0.5)  # v1, the champion
         return name, "register", f"{_run(client, experiment_id)}:{within_1}", method, marker
 
+    for key, value in MATRIX_CLIENT.items():
+        monkeypatch.setenv(key, value)
     cases = _each(prepare, enumerate(CRASH_POINTS))
     _crash_all(server, cases)
 
@@ -300,7 +305,7 @@ PROMOTE_AND_ROLLBACK_CRASH_POINTS = [
 ]
 
 
-def test_a_crash_at_any_write_of_promote_or_rollback_is_finished_by_the_rerun(server, client, experiment_id):
+def test_a_crash_at_any_write_of_promote_or_rollback_is_finished_by_the_rerun(server, client, experiment_id, monkeypatch):
     """kill -9 before each write of `promote` and `rollback`, then the same command again: one consistent state,
     one champion, the history and the tags on both versions, no lock left, and never a second rollback.
 
@@ -316,6 +321,8 @@ def test_a_crash_at_any_write_of_promote_or_rollback_is_finished_by_the_rerun(se
         arg = "2" if op == "promote" else "crash test"  # promote v2; rollback's reason
         return name, op, arg, method, marker
 
+    for key, value in MATRIX_CLIENT.items():
+        monkeypatch.setenv(key, value)
     cases = _each(prepare, enumerate(PROMOTE_AND_ROLLBACK_CRASH_POINTS))
     _crash_all(server, cases)
 
