@@ -76,7 +76,8 @@ def parse_scores(text: str) -> list[int]:
     """
     if not isinstance(text, str):
         return []
-    return [_to_int(m) for m in _INT_RE.findall(text)]
+    # int() takes the leading minus itself; only runs past its digit limit go through _to_int
+    return [int(m) if len(m) <= _CHUNK else _to_int(m) for m in _INT_RE.findall(text)]
 
 
 def item_accuracy_reward(predictions: Sequence[int], ground_truth: Sequence[int]) -> float:

@@ -305,7 +305,9 @@ PROMOTE_AND_ROLLBACK_CRASH_POINTS = [
 ]
 
 
-def test_a_crash_at_any_write_of_promote_or_rollback_is_finished_by_the_rerun(server, client, experiment_id, monkeypatch):
+def test_a_crash_at_any_write_of_promote_or_rollback_is_finished_by_the_rerun(
+    server, client, experiment_id, monkeypatch
+):
     """kill -9 before each write of `promote` and `rollback`, then the same command again: one consistent state,
     one champion, the history and the tags on both versions, no lock left, and never a second rollback.
 
