@@ -108,8 +108,10 @@ def sft_bare_step(workdir: Path, steps: int, warmup: int) -> float:
 # --- 2. GRPO: breakdown, and loss+backward vs bare ---------------------------------------------------------------
 
 
-def grpo_breakdown(workdir: Path, steps: int, prompts_per_step: int, params_file: str = "params.yaml") -> dict:
-    """Shares of a GRPO step, from TRL's profiling spans and its step_time metric."""
+def grpo_breakdown(
+    workdir: Path, steps: int, prompts_per_step: int, *overrides: str, params_file: str = "params.yaml"
+) -> dict:
+    """Shares of a GRPO step (params overridden by `overrides`), from TRL's profiling spans and its step_time metric."""
     import trl
 
     captured: dict = {}
@@ -126,6 +128,7 @@ def grpo_breakdown(workdir: Path, steps: int, prompts_per_step: int, params_file
         f"grpo.max_steps={steps}",
         "grpo.logging_steps=1",
         f"grpo.prompts_per_step={prompts_per_step}",
+        *overrides,
         params_file=params_file,
     )
     try:

@@ -11,6 +11,10 @@ machine's own fp32 matrix-multiply peak measured in the same run.
    weights to reach the adapters; the adapters' own work is under 1 %. As a fraction of the peak.
 3. GRPO step breakdown from TRL's profiling spans (generation / scoring / loss + backward) and each part's FLOP/s.
 4. Held-out evaluation of every held-out prompt at several batch sizes, against the SFT stage's training time.
+5. GRPO's loss + backward with each group's prompt computed once (grpo.shared_prefix) and row-wise (TRL's pass), in
+   the same run, at group sizes 4, 8 and 16 on the profile's prompts and LoRA; then whole GRPO steps with the switch
+   on and off. `--shared-prefix` runs this part alone (~5 min), from the untrained weights (the timing does not
+   depend on them).
 """
 
 from __future__ import annotations
@@ -62,13 +66,138 @@ def sft_tokens_per_step(tokenizer, rows: list[dict], batch_size: int, samples: i
     return statistics.mean(lengths) * batch_size, padded
 
 
+def shared_prefix_batch(tokenizer, rows: list[dict], prompts: int, group: int, seed: int = 0) -> dict:
+    """A GRPO batch as TRL's loss receives it: `prompts` chat-formatted prompts of the profile's task, each `group`
+    times, left-padded; completions the task's answers (other rows' scores, so the lengths differ) with the
+    end-of-turn, right-padded."""
+    import random
+
+    rng = random.Random(seed)
+    chosen = rng.sample(rows, prompts)
+    encoded = prompt_ids(tokenizer, [r["prompt"] for r in chosen], True)
+    answers = [
+        tokenizer(completion_for(rng.choice(rows)["scores"]) + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        for _ in range(prompts * group)
+    ]
+    width, completion_width = max(map(len, encoded)), max(map(len, answers))
+    n = prompts * group
+    batch = {
+        "prompt_ids": torch.full((n, width), tokenizer.pad_token_id),
+        "prompt_mask": torch.zeros(n, width, dtype=torch.long),
+        "completion_ids": torch.full((n, completion_width), tokenizer.pad_token_id),
+        "completion_mask": torch.zeros(n, completion_width, dtype=torch.long),
+    }
+    for row in range(n):
+        ids, answer = encoded[row // group], answers[row]
+        batch["prompt_ids"][row, width - len(ids) :] = torch.tensor(ids)
+        batch["prompt_mask"][row, width - len(ids) :] = 1
+        batch["completion_ids"][row, : len(answer)] = torch.tensor(answer)
+        batch["completion_mask"][row, : len(answer)] = 1
+    return batch
+
+
+def _row_wise(model, ids, mask, width: int, temperature: float):
+    """TRL's GRPO log-probs: every row through the model, the fused head on the completion's labels."""
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :-width] = -100
+    return model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs[:, -width:]
+
+
+def _shared(model, ids, mask, width: int, temperature: float):
+    from tasks.sampling import shared_prefix_logps
+
+    return shared_prefix_logps(model, ids, mask, width, temperature, compute_entropy=True)[0]
+
+
+def shared_prefix_timing(p, groups=(4, 8, 16), repeats: int = 3) -> dict:
+    """Seconds of GRPO's loss + backward per step, row-wise (TRL's fused-head pass, as the trainer calls it) and
+    with the shared prefix (tasks.sampling.shared_prefix_logps), on the profile's model with its GRPO LoRA; the
+    median of `repeats` after one warm-up, both measured here, one after the other."""
+    from peft import get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tasks.modeling import peft_config_for
+    from tasks.trainer_setup import score_labelled_positions_only
+
+    score_labelled_positions_only()
+    model, tokenizer = load_base_model(p.model, [], p.seed)
+    add_fused_lm_head(model, temperature=p.grpo.temperature, outputs=("log_probs", "entropy"))
+    model = get_peft_model(model, peft_config_for(p.grpo.lora, p.model))
+    model.train()
+    rows = read_jsonl(p.paths.train_file)
+    out = {}
+    for group in groups:
+        batch = shared_prefix_batch(tokenizer, rows, p.grpo.prompts_per_step, group)
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        width = batch["completion_ids"].size(1)
+        completion_mask = batch["completion_mask"].bool()
+        advantages = torch.randn(ids.size(0), 1, generator=torch.Generator().manual_seed(0))
+
+        seconds = {}
+        for name, logps_of in (("row_wise", _row_wise), ("shared_prefix", _shared), ("row_wise_again", _row_wise)):
+            times = []
+            for _ in range(repeats + 1):
+                model.zero_grad()
+                started = time.perf_counter()
+                logps = logps_of(model, ids, mask, width, p.grpo.temperature)
+                loss = -(logps * advantages * completion_mask).sum() / completion_mask.sum()
+                loss.backward()
+                times.append(time.perf_counter() - started)
+            seconds[name] = statistics.median(times[1:])
+        tokens = {"prompt": int(batch["prompt_mask"].sum()), "completion": int(completion_mask.sum())}
+        row_wise_s = min(seconds["row_wise"], seconds["row_wise_again"])
+        out[group] = {**seconds, "speedup": row_wise_s / seconds["shared_prefix"], "tokens": tokens}
+        print(
+            f"loss + backward, {p.grpo.prompts_per_step} prompts x {group} completions "
+            f"({tokens['prompt']} prompt + {tokens['completion']} completion tokens): row-wise "
+            f"{seconds['row_wise']:.2f} / {seconds['row_wise_again']:.2f} s, shared prefix "
+            f"{seconds['shared_prefix']:.2f} s -> {out[group]['speedup']:.2f}x",
+            flush=True,
+        )
+    return out
+
+
+def shared_prefix_steps(workdir: Path, p, steps: int) -> dict:
+    """Whole GRPO steps through run_grpo with grpo.shared_prefix true and false (TRL's step_time, the first step
+    left out), from the untrained weights saved as the SFT checkpoint."""
+    from tasks.modeling import save_artifact
+
+    model, tokenizer = load_base_model(p.model, [], p.seed)
+    save_artifact(model, tokenizer, workdir / "models" / "sft", {"chat_template": True})
+    del model
+    out = {}
+    for switch in ("false", "true"):
+        SPANS.clear()
+        g = grpo_breakdown(workdir, steps, p.grpo.prompts_per_step, f"grpo.shared_prefix={switch}", params_file=PROFILE)
+        out[switch] = {"step_s": g["step_time"], "loss_backward_s": g["parts"]["loss + backward"]}
+    print(
+        f"GRPO step ({p.grpo.prompts_per_step} x {p.grpo.num_generations}): TRL's pass {out['false']['step_s']:.2f} s "
+        f"(loss + backward {out['false']['loss_backward_s']:.2f} s), shared prefix {out['true']['step_s']:.2f} s "
+        f"(loss + backward {out['true']['loss_backward_s']:.2f} s)",
+        flush=True,
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--eval-batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--shared-prefix", action="store_true", help="only part 5: the shared-prefix training pass")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     _collect_trl_profiling()
+    if args.shared_prefix:
+        with tempfile.TemporaryDirectory(prefix="rewardflow-perf-shared-prefix-") as tmp:
+            p = _params(Path(tmp), params_file=PROFILE)
+            generate_dataset(p.paths, p.task)
+            out = {"loss_backward": shared_prefix_timing(p), "grpo_step": shared_prefix_steps(Path(tmp), p, 4)}
+        out["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "perf_shared_prefix.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+        print("\nrerun: .venv/bin/python benchmarks/perf_pretrained.py --shared-prefix")
+        return
     short, long, grpo_steps = (2, 5, 3) if args.quick else (3, 13, 6)
     out: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}}
     out["machine"]["torch"] = torch.__version__

@@ -113,12 +113,62 @@ def grpo_trainer_class():
             min_std: float,
             min_unique_ratio: float,
             std_scaled: bool = True,
+            shared_prefix: bool | str = False,
             **kw,
         ):
             super().__init__(*args, **kw)
             self.reward_config, self.min_std, self.min_unique_ratio = reward_config, min_std, min_unique_ratio
             self.std_scaled = std_scaled
+            self.shared_prefix = self._resolve_shared_prefix(shared_prefix)
             self._last: tuple[Any, list[str]] | None = None
+
+        def _resolve_shared_prefix(self, wanted: bool | str) -> bool:
+            """grpo.shared_prefix for this model: auto is on where tasks.sampling supports the architecture; true on
+            an unsupported one is an error naming why."""
+            from tasks.sampling import shared_prefix_unsupported
+
+            if wanted is False:
+                return False
+            why = shared_prefix_unsupported(self.accelerator.unwrap_model(self.model))
+            if why is None and self.args.cast_lm_head_to_fp32:
+                why = "cast_lm_head_to_fp32 is set (the shared-prefix pass projects in the model's dtype)"
+            if why is not None and wanted is True:
+                raise ValueError(f"grpo.shared_prefix is true, but {why}: set it to auto or false")
+            log.info("grpo: shared-prefix training pass %s", "on" if why is None else f"off ({why})")
+            return why is None
+
+        def _get_per_token_logps_and_entropies(
+            self,
+            model,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            batch_size=None,
+            compute_entropy=False,
+            compute_aux_loss=False,
+            **multimodal,
+        ):
+            """TRL's per-token log-probs and entropies, with each group's prompt computed once when shared_prefix
+            is on (tasks.sampling.shared_prefix_logps: one forward for the whole batch); multimodal inputs and MoE
+            auxiliary losses go through TRL's row-wise pass."""
+            from tasks.sampling import shared_prefix_logps
+
+            if not self.shared_prefix or compute_aux_loss or any(v is not None for v in multimodal.values()):
+                return super()._get_per_token_logps_and_entropies(
+                    model,
+                    input_ids,
+                    attention_mask,
+                    logits_to_keep,
+                    batch_size,
+                    compute_entropy,
+                    compute_aux_loss,
+                    **multimodal,
+                )
+            with self.accelerator.autocast():
+                logps, entropies = shared_prefix_logps(
+                    model, input_ids, attention_mask, logits_to_keep, self.temperature, compute_entropy
+                )
+            return logps, entropies, None
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
             """TRL's generation, with each group's prompt computed once instead of num_generations times (see

@@ -140,6 +140,9 @@ class GrpoConfig:
     use_vllm: bool
     vllm_mode: str
     vllm_gpu_memory_utilization: float
+    # the loss and backward with each group's prompt computed once (tasks.sampling.shared_prefix_logps): true,
+    # false (TRL's row-wise pass) or auto (true where the model's architecture supports it)
+    shared_prefix: bool | str
     lora: LoraConfig
 
     def __post_init__(self) -> None:
@@ -153,6 +156,11 @@ class GrpoConfig:
             0.0 < self.vllm_gpu_memory_utilization <= 1.0,
             "vllm_gpu_memory_utilization",
             f"must be in (0, 1] (got {self.vllm_gpu_memory_utilization})",
+        )
+        _check(
+            self.shared_prefix in (True, False, "auto"),
+            "shared_prefix",
+            f"must be true, false or auto (got {self.shared_prefix!r})",
         )
         _check(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1 (got {self.prompts_per_step})")
         _check(

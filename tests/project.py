@@ -306,6 +306,140 @@ def grpo_step(p, reward, *, group: int, prompts: int = 1, min_unique_ratio: floa
     return {**seen, "log": logged, "moved": moved, "finite": finite}
 
 
+# fp32 on a CPU: the shared-prefix and the row-wise pass add the same terms in a different order. Relative to the
+# largest value compared. On SmolLM2 (30 layers), TRL's own pass moves its log-probs by 2.5e-5 (of up to 40) when
+# the batch gains three padding columns, the shared-prefix pass by 3.8e-5; through the importance ratios that is
+# 3e-5 of the loss. A completion that saw another completion moves them by 2e-2.
+SHARED_PREFIX_RTOL = 1e-4
+
+
+def make_trainer(model, tokenizer, train_file, tmp_path, shared_prefix, peft_config=None, **config):
+    """The pipeline's GRPO trainer (RewardflowGRPOTrainer) on this model, as run_grpo sets it up, with a reward of
+    zero (its loss is what is under test); `config` overrides GRPOConfig."""
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from tasks.data import read_jsonl
+    from tasks.grpo_trainer import grpo_trainer_class
+    from tasks.rewards import RewardConfig
+    from tasks.trainer_setup import device_kwargs, score_labelled_positions_only
+
+    score_labelled_positions_only()  # as run_grpo does
+
+    def reward(completions, **kwargs):
+        return [0.0] * len(completions)
+
+    rows = read_jsonl(train_file)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "scratch"),
+        **device_kwargs(),
+        **{"max_steps": 1, "per_device_train_batch_size": 4, "num_generations": 4, "temperature": 0.7, **config},
+    )
+    return grpo_trainer_class()(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "scores": r["scores"]} for r in rows]),
+        processing_class=tokenizer,
+        reward_config=RewardConfig(),
+        min_std=0.01,
+        min_unique_ratio=0.0,
+        shared_prefix=shared_prefix,
+        peft_config=peft_config,
+    )
+
+
+def grpo_batch(tokenizer, prompts, group, padding_side, vocab, seed=0):
+    """What TRL's _compute_loss receives: each prompt `group` times (padded on `padding_side`), completions of
+    unequal lengths (one empty) right-padded, and advantages; rows shuffled."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(map(len, encoded))
+    rows, completion_width = len(prompts) * group, 6
+    prompt_ids = torch.full((rows, width), tokenizer.pad_token_id)
+    prompt_mask = torch.zeros(rows, width, dtype=torch.long)
+    completion_ids = torch.full((rows, completion_width), tokenizer.pad_token_id)
+    completion_mask = torch.zeros(rows, completion_width, dtype=torch.long)
+    for k, ids in enumerate(encoded):
+        span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
+        for j in range(group):
+            row = k * group + j
+            prompt_ids[row, span], prompt_mask[row, span] = torch.tensor(ids), 1
+            n = 0 if (k, j) == (0, 1) else 1 + (j * 5 + k) % completion_width
+            completion_ids[row, :n] = torch.randint(1, vocab, (n,), generator=gen)
+            completion_mask[row, :n] = 1
+    order = torch.randperm(rows, generator=gen)
+    batch = {
+        "prompt_ids": prompt_ids[order],
+        "prompt_mask": prompt_mask[order],
+        "completion_ids": completion_ids[order],
+        "completion_mask": completion_mask[order],
+        "advantages": torch.randn(rows, generator=gen),
+    }
+    batch["num_items_in_batch"] = batch["completion_mask"].sum()
+    return batch
+
+
+def both_passes(trainer, batch, reference=None):
+    """Per-token log-probs and entropies, the loss and every trainable gradient: TRL's row-wise pass on `reference`
+    (default: the batch), then the shared-prefix pass on the batch."""
+    import torch
+
+    reference = reference or batch
+    model = trainer.model
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer.train sets before its first step
+
+    def rows(b):
+        ids = torch.cat([b["prompt_ids"], b["completion_ids"]], dim=1)
+        return ids, torch.cat([b["prompt_mask"], b["completion_mask"]], dim=1)
+
+    width = batch["completion_ids"].size(1)
+    with torch.no_grad():
+        trainer.shared_prefix = False
+        old, _, _ = trainer._get_per_token_logps_and_entropies(model, *rows(reference), width)
+    # the sampling policy a little off the current one, so that the ratio and its clipping take part
+    old = old + 0.3 * torch.randn(old.shape, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for shared in (False, True):
+        trainer.shared_prefix = shared
+        ids, mask = rows(batch if shared else reference)
+        model.zero_grad()
+        with torch.no_grad():
+            logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+                model, ids, mask, width, compute_entropy=True
+            )
+        loss = trainer._compute_loss(model, {**(batch if shared else reference), "old_per_token_logps": old})
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        out[shared] = (logps, entropies, loss.item(), grads)
+    return out, batch["completion_mask"].bool()
+
+
+def assert_equal_passes(out, mask) -> dict[str, float]:
+    """both_passes' results agree within fp32 tolerance; returns the largest relative differences seen."""
+    import torch
+
+    (logps, ent, loss, grads), (s_logps, s_ent, s_loss, s_grads) = out[False], out[True]
+    largest_grad = max(g.abs().max().item() for g in grads.values())
+    seen = {
+        "logp": (logps - s_logps)[mask].abs().max().item() / logps[mask].abs().max().item(),
+        "entropy": (ent - s_ent)[mask].abs().max().item() / ent[mask].abs().max().item(),
+        "grad": max((grads[n] - s_grads[n]).abs().max().item() for n in grads) / largest_grad,
+        "loss": abs(loss - s_loss) / abs(loss),
+    }
+    print(f"largest relative differences: {seen}")
+    assert seen["logp"] < SHARED_PREFIX_RTOL and seen["entropy"] < SHARED_PREFIX_RTOL
+    assert torch.all(s_logps[~mask] == 0) and torch.all(logps[~mask] == 0)  # padding scores nothing in either
+    assert seen["loss"] < SHARED_PREFIX_RTOL
+    assert grads.keys() == s_grads.keys() and grads
+    assert seen["grad"] < SHARED_PREFIX_RTOL
+    assert largest_grad > 1e-4  # the comparison is not of zeros
+    return seen
+
+
 def stop_group(proc: subprocess.Popen, seconds: float = 30) -> None:
     """SIGTERM to the process group of proc (started with start_new_session=True), SIGKILL if it lingers."""
     import signal

@@ -232,11 +232,12 @@ def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_
     with _FedIds() as grpo:
         run_grpo(p)
     # generation computes each distinct prompt once, all but its last token (tasks.sampling; generate feeds that
-    # one itself); the policy-gradient pass feeds every row's prompt and completion
+    # one itself); the policy-gradient pass (grpo.shared_prefix auto: on for a Llama) feeds each group once, its
+    # prompt's ids first, then its completions
     prefill = [row for row in grpo.rows(pad) if tuple(row) + (generation_prompt[-1],) in expected]
     loss_rows = [row for row in grpo.rows(pad) if row not in prefill]
-    assert len(prefill) == 2 and len(loss_rows) == 4
-    assert all(prompt_of(row) for row in loss_rows)
+    assert len(prefill) == 2 and len(loss_rows) == 2
+    assert len({prompt_of(row) for row in loss_rows}) == 2
 
     expected = by_ids(heldout)
     with _FedIds() as evaluation:
@@ -250,3 +251,32 @@ def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_
         with _FedIds() as served:
             scorer.predict([r["prompt"] for r in heldout])
     assert sorted(served.rows(pad)) == sorted(list(ids) for ids in expected)
+
+
+def test_the_shared_prefix_pass_equals_trls_on_the_real_weights_with_lora(tmp_path, smollm2):
+    """grpo.shared_prefix on the real SmolLM2 weights with the profile's LoRA (dropout 0, so that both passes see
+    the same network; lora_B drawn at random, so that every adapter matrix gets a gradient): per-token log-probs,
+    entropies, the loss and every adapter gradient equal TRL's pass (tests/project.py's tolerances)."""
+    import torch
+    from project import assert_equal_passes, both_passes, grpo_batch, make_trainer, tiny_params
+
+    from tasks.data import read_jsonl
+    from tasks.modeling import load_pretrained, peft_config_for
+    from tasks.training_params import LoraConfig
+
+    p = tiny_params(tmp_path, f"model.name_or_path={smollm2}", "task.n_train=8")
+    model, tokenizer = load_pretrained(smollm2)
+    lora = yaml.safe_load((ROOT / "params.yaml").read_text())["grpo"]["lora"]
+    lora = LoraConfig(**{**lora, "enabled": True, "dropout": 0.0, "target_modules": tuple(lora["target_modules"])})
+    trainer = make_trainer(
+        model, tokenizer, p.paths.train_file, tmp_path, "auto", peft_config=peft_config_for(lora, p.model)
+    )
+    assert trainer.shared_prefix is True
+    with torch.no_grad():
+        for name, weight in trainer.model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(0))
+    prompts = [r["prompt"] for r in read_jsonl(p.paths.train_file)[:4]]
+    out, mask = both_passes(trainer, grpo_batch(tokenizer, prompts, 4, "left", len(tokenizer)))
+    assert all("lora_" in name for name in out[True][3])  # the adapters are what trains
+    assert_equal_passes(out, mask)
