@@ -6,10 +6,11 @@ machine's own fp32 matrix-multiply peak measured in the same run.
 
 1. Peak: torch.mm on 2048 x 2048 fp32 matrices (3 warm-ups, mean of 10), in FLOP/s.
 2. SFT step through run_sft (LoRA, the profile's batch): seconds (difference of two run lengths, so start-up cancels),
-   tokens/s, and achieved FLOP/s = 4 x N x tokens / step time, N = the model's parameters (every one of them is a
-   matrix-multiply weight, the tied embedding as the output head): 2NT forward, 2NT backward through the frozen
-   weights to reach the adapters; the adapters' own work is under 1 %. As a fraction of the peak.
-3. GRPO step breakdown from TRL's profiling spans (generation / scoring / loss + backward) and each part's FLOP/s.
+   tokens/s, and achieved FLOP/s as a fraction of the peak, the FLOPs counted as the kernels do them
+   (perf.training_flops: the non-embedding weights on every token computed, the output head on the labelled
+   positions only, attention's own products).
+3. GRPO step breakdown from TRL's profiling spans (generation / scoring / loss + backward) and the loss + backward's
+   FLOP/s by the same count, for the pass the trainer ran (grpo.shared_prefix auto: the shared-prefix one).
 4. Held-out evaluation of every held-out prompt at several batch sizes, against the SFT stage's training time.
 5. GRPO's loss + backward with each group's prompt computed once (grpo.shared_prefix) and row-wise (TRL's pass), in
    the same run, at group sizes 4, 8 and 16 on the profile's prompts and LoRA; then whole GRPO steps with the switch
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from perf import RESULTS, SPANS, _collect_trl_profiling, _params, grpo_breakdown, sft_trl_step
+from perf import RESULTS, SPANS, _collect_trl_profiling, _params, grpo_breakdown, sft_trl_step, training_flops
 
 from tasks.data import completion_for, generate_dataset, read_jsonl
 from tasks.evaluation import generate_greedy
@@ -52,18 +53,43 @@ def matmul_peak(size: int = 2048, warmups: int = 3, repeats: int = 10) -> float:
     return 2 * size**3 / statistics.mean(times)
 
 
-def sft_tokens_per_step(tokenizer, rows: list[dict], batch_size: int, samples: int = 2000) -> tuple[float, float]:
-    """(real tokens, padded tokens) of an average SFT batch: prompt through the chat template plus the target and
-    its end-of-turn; padded = the batch's longest sequence times the batch size (what the kernels compute)."""
+def sft_step_shape(tokenizer, rows: list[dict], batch_size: int, samples: int = 2000) -> dict[str, float]:
+    """An average SFT batch as the kernels see it: real tokens (prompt through the chat template, the target and its
+    end-of-turn), tokens computed (the batch's longest sequence times the batch size), labelled positions (the
+    target's tokens: what the head projects) and attention pairs (each padded sequence's length squared)."""
     import random
 
-    lengths = []
+    lengths, targets = [], []
     for ids, row in zip(prompt_ids(tokenizer, [r["prompt"] for r in rows], True), rows, strict=True):
         target = tokenizer(completion_for(row["scores"]) + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
         lengths.append(len(ids) + len(target))
+        targets.append(len(target))
     rng = random.Random(0)
-    padded = statistics.mean(max(rng.sample(lengths, batch_size)) * batch_size for _ in range(samples))
-    return statistics.mean(lengths) * batch_size, padded
+    batches = [rng.sample(range(len(rows)), batch_size) for _ in range(samples)]
+    longest = [max(lengths[i] for i in batch) for batch in batches]
+    return {
+        "tokens": statistics.mean(lengths) * batch_size,
+        "computed": statistics.mean(n * batch_size for n in longest),
+        "labelled": statistics.mean(targets) * batch_size,
+        "attention_pairs": statistics.mean(n * n * batch_size for n in longest),
+    }
+
+
+def grpo_pass_shape(inputs: dict, shared: bool) -> dict[str, float]:
+    """GRPO's loss pass on TRL's batch as the kernels see it: row-wise, every row's prompt and completion; shared,
+    one packed sequence per prompt (its prompt once, then its completions' real tokens) padded to the longest."""
+    from tasks.sampling import prompt_groups
+
+    rows, width = inputs["prompt_ids"].size(0), inputs["prompt_ids"].size(1) + inputs["completion_ids"].size(1)
+    labelled = float(inputs["completion_mask"].sum())
+    if not shared:
+        return {"computed": rows * width, "labelled": labelled, "attention_pairs": rows * width * width}
+    lengths = [
+        int(inputs["prompt_mask"][group[0]].sum()) + int(inputs["completion_mask"][group].sum())
+        for group in prompt_groups(inputs["prompt_ids"], inputs["prompt_mask"])
+    ]
+    longest = max(lengths)
+    return {"computed": len(lengths) * longest, "labelled": labelled, "attention_pairs": len(lengths) * longest**2}
 
 
 def shared_prefix_batch(tokenizer, rows: list[dict], prompts: int, group: int, seed: int = 0) -> dict:
@@ -212,28 +238,25 @@ def main() -> None:
         p = _params(workdir, params_file=PROFILE)
         generate_dataset(p.paths, p.task)
         model, tokenizer = load_base_model(p.model, [], p.seed)
-        n_params = model.num_parameters()
+        config = model.config
         del model
         rows = read_jsonl(p.paths.train_file)
 
         # 2. SFT
-        real, padded = sft_tokens_per_step(tokenizer, rows, p.sft.batch_size)
+        shape = sft_step_shape(tokenizer, rows, p.sft.batch_size)
         step, runtimes = sft_trl_step(workdir, short, long, params_file=PROFILE)
-        flops = 4 * n_params * real / step
+        flops = training_flops(config, shape["computed"], shape["labelled"], shape["attention_pairs"]) / step
         out["sft"] = {
             "step_s": step,
             "train_runtime_s": runtimes,
-            "tokens_per_step": real,
-            "padded_tokens_per_step": padded,
-            "tokens_per_s": real / step,
+            **shape,
+            "tokens_per_s": shape["tokens"] / step,
             "flops": flops,
             "fraction_of_peak": flops / peak,
-            "fraction_of_peak_padded": 4 * n_params * padded / step / peak,
         }
         print(
-            f"SFT step (batch {p.sft.batch_size}, LoRA r {p.sft.lora.r}): {step:.2f} s, {real / step:.0f} tokens/s, "
-            f"{flops / 1e9:.0f} GFLOP/s = {flops / peak:.0%} of peak ({4 * n_params * padded / step / peak:.0%} "
-            "counting padding)",
+            f"SFT step (batch {p.sft.batch_size}, LoRA r {p.sft.lora.r}): {step:.2f} s, "
+            f"{shape['tokens'] / step:.0f} tokens/s, {flops / 1e9:.0f} GFLOP/s = {flops / peak:.0%} of peak",
             flush=True,
         )
 
@@ -246,15 +269,17 @@ def main() -> None:
         completions = inputs["completion_ids"].size(0)
         prompt_tokens = int(inputs["prompt_mask"].sum())
         completion_tokens = int(inputs["completion_mask"].sum())
-        loss_flops = 4 * n_params * (prompt_tokens + completion_tokens)
         out["grpo"]["tokens"] = {"completions": completions, "prompt": prompt_tokens, "completion": completion_tokens}
         print(f"GRPO step ({completions} completions): {g['wall_per_step']:.2f} s wall")
         for name, seconds in g["parts"].items():
             print(f"  {name:<45} {seconds:7.2f} s  {100 * seconds / total:5.1f}%")
-        lb = g["parts"]["loss + backward"]
-        achieved = loss_flops / lb
+        pass_shape = grpo_pass_shape(inputs, p.grpo.shared_prefix is not False)
+        loss_flops = training_flops(
+            config, pass_shape["computed"], pass_shape["labelled"], pass_shape["attention_pairs"]
+        )
+        achieved = loss_flops / g["parts"]["loss + backward"]
         print(f"  loss + backward: {achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} of peak", flush=True)
-        out["grpo"]["loss_backward_fraction_of_peak"] = loss_flops / lb / peak
+        out["grpo"]["loss_backward_fraction_of_peak"] = achieved / peak
 
         # 4. evaluation
         model, tokenizer = load_pretrained(workdir / "models" / "grpo")
