@@ -262,6 +262,11 @@ class Params:
             f"- task.min_score + 1 = {n_scores} scores: the built-in model has one token per score and takes at most "
             f"{MAX_BUILTIN_SCORES}; narrow the range or set model.name_or_path to a pretrained model",
         )
+        _check(
+            self.grpo.credit == "sequence" or self.reward.mode == "multi",
+            "grpo.credit",
+            f"item needs reward.mode multi, whose reward is a mean over items (reward.mode is {self.reward.mode})",
+        )
         n = self.launcher.num_processes
         # every process takes an equal share of the global batch
         _check(self.sft.batch_size % n == 0, "sft.batch_size", f"must be divisible by launcher.num_processes ({n})")

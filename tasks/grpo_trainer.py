@@ -8,7 +8,16 @@ from collections import defaultdict
 from typing import Any
 
 from tasks.reward_funcs import completion_text
-from tasks.rewards import COMPONENTS, RewardConfig, check_diversity, compute_advantages, score_completion
+from tasks.rewards import (
+    COMPONENTS,
+    RewardConfig,
+    check_diversity,
+    compute_advantages,
+    item_rewards,
+    parse_scores,
+    score_completion,
+    score_spans,
+)
 from tasks.trainer_setup import LogCapture
 
 log = logging.getLogger(__name__)
@@ -19,7 +28,6 @@ STATS_PREFIX = "reward_stats/"
 def component_stats() -> tuple[str, ...]:
     """What GRPO logs a mean and std of per step, and plots: every reward component, then the combined reward."""
     return (*COMPONENTS, "combined")
-
 
 
 class DeadComponentMonitor(LogCapture):
@@ -98,6 +106,65 @@ def group_advantages(
     return advantages, zero_std, low_diversity
 
 
+def item_advantages(
+    texts: list[str],
+    truths: list[list[int]],
+    group_size: int,
+    config: RewardConfig,
+    min_std: float,
+    min_unique_ratio: float,
+    scale: bool = True,
+) -> list[list[float] | None]:
+    """Item-level credit (grpo.credit item): for each completion, each item's advantage among the same item of its
+    group's completions (tasks.rewards.item_rewards, normalised as compute_advantages does). A sequence reward sums
+    every item's luck: the advantage a completion gives its third score also carries how its other scores happened
+    to match the rater; per item, each score's tokens are paid for that score alone.
+    None for every completion of a group with a structural failure (its items do not line up) or of a
+    low-diversity group: those completions keep the sequence advantage."""
+    out: list[list[float] | None] = []
+    for start in range(0, len(texts), group_size):
+        group_texts = texts[start : start + group_size]
+        group_truths = truths[start : start + group_size]
+        rewards = [item_rewards(parse_scores(t), g, config) for t, g in zip(group_texts, group_truths, strict=True)]
+        if any(r is None for r in rewards) or not check_diversity(group_texts, min_unique_ratio):
+            out += [None] * len(group_texts)
+            continue
+        per_item = [compute_advantages(column, min_std=min_std, scale=scale) for column in zip(*rewards, strict=True)]
+        out += [list(row) for row in zip(*per_item, strict=True)]
+    return out
+
+
+def token_items(tokenizer: Any, ids: list[int], n_items: int) -> list[int | None] | None:
+    """Which score each completion token writes (its index in parse_scores' order), or None for a token that writes
+    none (a space, the end-of-sequence token); None altogether when the decoded text does not hold n_items scores.
+    A token belongs to a score when its characters overlap the score's (a "-" token to the negative number)."""
+    ends = [len(tokenizer.decode(ids[: i + 1], skip_special_tokens=True)) for i in range(len(ids))]
+    spans = score_spans(tokenizer.decode(ids, skip_special_tokens=True))
+    if len(spans) != n_items:
+        return None
+    owner: list[int | None] = []
+    begin = 0
+    for end in ends:
+        owner.append(next((k for k, (a, b) in enumerate(spans) if begin < b and a < end), None))
+        begin = end
+    return owner
+
+
+def token_advantages(
+    tokenizer: Any, completion_ids: list[list[int]], sequence: list[float], items: list[list[float] | None]
+) -> list[list[float]]:
+    """Per-token advantages: each score's tokens get that item's advantage, every other token (and every token of a
+    completion without item credit) the sequence advantage."""
+    rows = []
+    for ids, seq, item in zip(completion_ids, sequence, items, strict=True):
+        owner = token_items(tokenizer, ids, len(item)) if item is not None else None
+        if owner is None:
+            rows.append([seq] * len(ids))
+        else:
+            rows.append([seq if k is None else item[k] for k in owner])
+    return rows
+
+
 def grpo_trainer_class():
     from accelerate.utils import gather_object
     from trl import GRPOTrainer
@@ -114,11 +181,13 @@ def grpo_trainer_class():
             min_unique_ratio: float,
             std_scaled: bool = True,
             shared_prefix: bool | str = False,
+            credit: str = "sequence",
             **kw,
         ):
             super().__init__(*args, **kw)
             self.reward_config, self.min_std, self.min_unique_ratio = reward_config, min_std, min_unique_ratio
             self.std_scaled = std_scaled
+            self.credit = credit
             self.shared_prefix = self._resolve_shared_prefix(shared_prefix)
             self._last: tuple[Any, list[str]] | None = None
 
@@ -216,10 +285,22 @@ def grpo_trainer_class():
             )
             n_local = out["advantages"].size(0)
             start = self.accelerator.process_index * n_local
-            local = torch.tensor(advantages[start : start + n_local], dtype=out["advantages"].dtype)
-            out["advantages"] = local.to(out["advantages"].device)
-
+            local = advantages[start : start + n_local]
             metrics = self._metrics[mode]
+            if self.credit == "item":
+                every = item_advantages(
+                    texts, truths, group, self.reward_config, self.min_std, self.min_unique_ratio, self.std_scaled
+                )
+                items = every[start : start + n_local]
+                lengths = out["completion_mask"].sum(dim=1).tolist()
+                ids = [row[: int(n)].tolist() for row, n in zip(out["completion_ids"], lengths, strict=True)]
+                width = out["completion_ids"].size(1)
+                rows = token_advantages(self.processing_class, ids, local, items)
+                local = [row + [0.0] * (width - len(row)) for row in rows]
+                credited = sum(item is not None for item in every) / max(1, len(every))
+                metrics[f"{STATS_PREFIX}item_credit_frac"].append(credited)
+            out["advantages"] = torch.tensor(local, dtype=out["advantages"].dtype, device=out["advantages"].device)
+
             n_groups = max(1, len(rewards) // group)
             metrics[f"{STATS_PREFIX}zero_std_group_frac"].append(zero_std / n_groups)
             metrics[f"{STATS_PREFIX}low_diversity_group_frac"].append(low_div / n_groups)

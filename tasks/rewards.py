@@ -80,6 +80,17 @@ def parse_scores(text: str) -> list[int]:
     return [int(m) if len(m) <= _CHUNK else _to_int(m) for m in _INT_RE.findall(text)]
 
 
+def score_spans(text: str) -> list[tuple[int, int]]:
+    """The character span of each integer parse_scores reads, in the same order.
+
+    >>> score_spans("3 -4 10")
+    [(0, 1), (2, 4), (5, 7)]
+    """
+    if not isinstance(text, str):
+        return []
+    return [m.span() for m in _INT_RE.finditer(text)]
+
+
 def item_accuracy_reward(predictions: Sequence[int], ground_truth: Sequence[int]) -> float:
     """Per-item fraction exactly right (the article's exact_match_reward; "exact match" here means every item).
 
@@ -177,8 +188,11 @@ class Component:
     name: str
     # the component's value for parsed predictions, the ground truth and the raw text, with the reward constants
     score: Callable[[Sequence[int], Sequence[int], str, RewardConfig], float]
-    # the article's weight (params.yaml carries the same)
+    # the article's weight
     weight: float
+    # the sequence value is the mean of the component scored on each item alone (what item-level credit pays each
+    # item's tokens: item_rewards)
+    per_item: bool = True
 
 
 # The components of the combined reward, in the order they are summed.
@@ -188,7 +202,7 @@ COMPONENTS: dict[str, Component] = {
         Component("item_accuracy", lambda p, g, _text, _c: item_accuracy_reward(p, g), 0.3),
         Component("off_by_1", lambda p, g, _text, c: off_by_1_reward(p, g, c.exact_bonus), 0.3),
         Component("mae", lambda p, g, _text, c: mae_reward(p, g, c.max_mae), 0.25),
-        Component("format", lambda p, g, text, _c: format_reward(p, g, text), 0.15),
+        Component("format", lambda p, g, text, _c: format_reward(p, g, text), 0.15, per_item=False),
     )
 }
 # what score_completion reports besides the components
@@ -254,6 +268,23 @@ def combined_reward(
     if list(predictions) == list(ground_truth):
         reward += config.perfect_bonus
     return reward
+
+
+def item_rewards(predictions: Sequence[int], ground_truth: Sequence[int], config: RewardConfig) -> list[float] | None:
+    """Each item's share of the combined reward: the weighted per-item components scored on that item alone. Their
+    mean is the per-item components' part of combined_reward (exactly, while no item is off by more than max_mae).
+    None on a structural failure: there is no item to credit.
+
+    >>> [round(r, 4) for r in item_rewards([3, 4], [3, 5], RewardConfig())]  # 0.3 + 0.3 + 0.25; 0.3 / 1.3 + 0.2
+    [0.85, 0.4308]
+    """
+    if not structural_ok(predictions, ground_truth):
+        return None
+    item_components = [(config.weights[name], c) for name, c in COMPONENTS.items() if c.per_item]
+    return [
+        sum(weight * c.score([p], [g], "", config) for weight, c in item_components)
+        for p, g in zip(predictions, ground_truth, strict=True)
+    ]
 
 
 def score_completion(text: str, ground_truth: Sequence[int], config: RewardConfig) -> dict[str, Any]:

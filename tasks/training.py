@@ -186,6 +186,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
         min_unique_ratio=p.grpo.min_unique_ratio,
         std_scaled=p.grpo.scale_rewards == "group",
         shared_prefix=p.grpo.shared_prefix,
+        credit=p.grpo.credit,
     )
     quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)

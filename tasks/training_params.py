@@ -21,6 +21,9 @@ BUILTIN_PREFIX = "builtin:"
 GRPO_LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
 # how a group's rewards become advantages: divided by the group's std (the article) or only mean-centred (Dr. GRPO)
 SCALE_REWARDS = ("group", "none")
+# whose reward a completion token's advantage is: its completion's (sequence) or, for a score's tokens, that score's
+# (item; tasks.grpo_trainer.item_advantages)
+CREDITS = ("sequence", "item")
 CHAT_TEMPLATE_MODES = {True: "on", False: "off", "on": "on", "off": "off", "auto": "auto"}
 
 
@@ -52,7 +55,7 @@ class ModelConfig:
 
     @property
     def chat_template_mode(self) -> str:
-        """"auto", "on" or "off" (YAML reads a bare on/off as a boolean)."""
+        """ "auto", "on" or "off" (YAML reads a bare on/off as a boolean)."""
         return CHAT_TEMPLATE_MODES[self.chat_template]
 
     @property
@@ -124,6 +127,7 @@ class GrpoConfig:
     warmup_ratio: float
     loss_type: str
     scale_rewards: str
+    credit: str
     beta: float
     min_std: float
     min_unique_ratio: float
@@ -187,6 +191,7 @@ class GrpoConfig:
             "scale_rewards",
             f"must be one of {', '.join(SCALE_REWARDS)} (got {self.scale_rewards!r})",
         )
+        _check(self.credit in CREDITS, "credit", f"must be one of {', '.join(CREDITS)} (got {self.credit!r})")
         _check(self.beta >= 0, "beta", f"must be >= 0 (got {self.beta})")
         _check(self.min_std >= 0, "min_std", f"must be >= 0 (got {self.min_std})")
         _check(0.0 <= self.min_unique_ratio <= 1.0, "min_unique_ratio", "must be in [0, 1]")

@@ -232,12 +232,14 @@ def mlflow_server(backend_store_uri: str, artifacts: Path, seconds: float = 120)
         proc.wait(timeout=30)
 
 
-def grpo_step(p, reward, *, group: int, prompts: int = 1, min_unique_ratio: float, only_tokens=(), **config):
+def grpo_step(
+    p, reward, *, group: int, prompts: int = 1, min_unique_ratio: float, only_tokens=(), credit="sequence", **config
+):
     """One real GRPO step of the pipeline's trainer (RewardflowGRPOTrainer) on the built-in model, untrained, with
     `reward` as the only reward function; `only_tokens` restricts what generation may sample (through the
-    generation config's suppress_tokens). Returns what it saw: the completions, TRL's own advantages (before the
-    article's rules replace them), the advantages the update used, the step's log entry, and whether any parameter
-    moved."""
+    generation config's suppress_tokens); `credit` is grpo.credit. Returns what it saw: the completions, TRL's own
+    advantages (before the article's rules replace them), the advantages the update used, the step's log entry,
+    and whether any parameter moved."""
     import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -298,6 +300,7 @@ def grpo_step(p, reward, *, group: int, prompts: int = 1, min_unique_ratio: floa
         reward_config=p.reward.config,
         min_std=p.grpo.min_std,
         min_unique_ratio=min_unique_ratio,
+        credit=credit,
     )
     trainer.train()
     logged = next(e for e in trainer.state.log_history if "reward_stats/zero_std_group_frac" in e)
