@@ -109,10 +109,15 @@ def _baselines(model_dir: Path, p, rows, consensus, sizes: list[int]) -> dict[st
 def run_seed(
     seed: int, workdir: Path, modes: list[str], overrides: list[str], params: str, samples: list[int]
 ) -> dict[str, dict]:
-    from tasks.data import read_jsonl
+    from tasks.data import generate_dataset, read_jsonl
 
-    base = [f"seed={seed}", f"paths.models_dir={workdir}/models", f"paths.reports_dir={workdir}/reports"]
+    # the embedded task's files are generated under the workdir (data/ may hold another task's); a user's own files
+    # come in through --set paths.*_file=..., which replaces these
+    data = [f"paths.{split}_file={workdir.parent}/data/{split}.jsonl" for split in ("train", "heldout", "validation")]
+    base = [*data, f"seed={seed}", f"paths.models_dir={workdir}/models", f"paths.reports_dir={workdir}/reports"]
     p = load_params(params, [*base, *overrides])
+    if Path(p.paths.train_file).parent == workdir.parent / "data":
+        generate_dataset(p.paths, p.task)
     heldout = read_jsonl(p.paths.heldout_file)
     # the answers that need no reading (tasks/reading.py), scored on the same prompts
     answers = reference_answers(p, heldout)
@@ -141,8 +146,11 @@ def run_seed(
     for mode in modes:
         pm = load_params(params, [*base, *overrides, f"reward.mode={mode}"])
         t1 = time.perf_counter()
-        run_grpo(pm)
+        grpo = run_grpo(pm)
         grpo_seconds = time.perf_counter() - t1
+        # GRPO's training reward, first and last logging window: does the policy get better at what it optimises?
+        windows = [e[REWARD_LOG] for e in grpo["logs"] if REWARD_LOG in e]
+        results[f"training_reward_{mode}"] = {"first": windows[0], "last": windows[-1], "windows": len(windows)}
         t2 = time.perf_counter()
         results[f"grpo_{mode}"] = _eval(workdir / "models/grpo", pm, heldout, consensus)
         eval_seconds = time.perf_counter() - t2
@@ -166,10 +174,35 @@ def run_seed(
     return results
 
 
+# what GRPO logs per logging window: the mean combined reward of its sampled completions
+REWARD_LOG = "reward_stats/combined/mean"
+# the claim: GRPO multi past each of these on within_1 and MAE (MBR over 8 samples when the run has it)
+CLAIM_OVER = ("sft", "sft_equal_compute", "sft_mbr@8")
+
+
+def claim_lines(seed: int, result: dict[str, dict]) -> list[str]:
+    """Per seed: is SFT + GRPO multi past SFT, SFT given GRPO's wall time and MBR over 8 samples on within_1 and MAE,
+    and did its training reward rise."""
+    if "grpo_multi" not in result:
+        return []
+    g = result["grpo_multi"]
+    out = []
+    for row in (r for r in CLAIM_OVER if r in result):
+        w, m = g["within_1"] - result[row]["within_1"], g["mae"] - result[row]["mae"]
+        verdict = "past" if w > 0 and m < 0 else "NOT past"
+        out.append(f"seed {seed}: grpo_multi {verdict} {row} (within_1 {w:+.3f}, MAE {m:+.3f})")
+    r = result.get("training_reward_multi")
+    if r:
+        out.append(
+            f"seed {seed}: grpo_multi training reward {r['first']:.3f} -> {r['last']:.3f} ({r['windows']} windows)"
+        )
+    return out
+
+
 def summarise(per_seed: list[dict[str, dict]], seeds: list[int]) -> str:
     """The table of every model row and reference answer (last), mean ± std over seeds; then, per seed, the
     models that are not past the constant answer."""
-    rows = [k for k in per_seed[0] if not k.startswith("timing") and k not in REFERENCES]
+    rows = [k for k in per_seed[0] if not k.startswith(("timing", "training_reward")) and k not in REFERENCES]
     rows = [*[r for r in rows if r != "sft_equal_compute"], *[r for r in rows if r == "sft_equal_compute"]]
     references = [k for k in REFERENCES if k in per_seed[0]]
     metrics = [m for m in METRICS if all(m in r[row] for r in per_seed for row in rows)]
@@ -190,6 +223,7 @@ def summarise(per_seed: list[dict[str, dict]], seeds: list[int]) -> str:
     for seed, result in zip(seeds, per_seed, strict=True):
         short = reading_warnings(result, trained)
         lines += [f"seed {seed}: {line}" for line in short] or [f"seed {seed}: every model past the constant answer"]
+        lines += claim_lines(seed, result)
     return "\n".join(lines)
 
 
@@ -217,7 +251,9 @@ def main() -> None:
             f"seed {seed}: "
             + json.dumps(
                 {
-                    k: {m: round(v[m], 4) for m in METRICS if m in v} if not k.startswith("timing") else v
+                    k: {m: round(v[m], 4) for m in METRICS if m in v}
+                    if not k.startswith(("timing", "training_reward"))
+                    else v
                     for k, v in per_seed[-1].items()
                 }
             ),

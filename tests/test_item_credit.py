@@ -5,6 +5,7 @@ import random
 import pytest
 from project import TINY, grpo_step, overrides, tiny_params
 
+from tasks.data import read_jsonl
 from tasks.grpo_trainer import item_advantages, token_advantages, token_items
 from tasks.rewards import COMPONENTS, RewardConfig, combined_reward, format_reward, item_rewards, parse_scores
 
@@ -107,8 +108,8 @@ def tiny(tmp_path):
 def test_a_real_step_with_item_credit_pays_each_score_its_own_advantage(tiny):
     """One real GRPO step of the pipeline's trainer with grpo.credit item (the built-in model, sampling scores only,
     one token each): the advantages the update uses are per token, and each score's column is that item's
-    group-relative advantage (centred over the group; zero where the group agrees on the item); with sequence credit
-    the same step uses one advantage per completion."""
+    group-relative advantage (centred over the group; zero where the group agrees on the item). Sequence credit's
+    one advantage per completion: test_training.py::test_the_std_rule_at_its_edge."""
     p = tiny()
     config = p.reward.config
 
@@ -116,10 +117,16 @@ def test_a_real_step_with_item_credit_pays_each_score_its_own_advantage(tiny):
         return [combined_reward(parse_scores(c), s, c, config) for c, s in zip(completions, scores, strict=True)]
 
     scores = tuple(str(s) for s in range(p.task.min_score, p.task.max_score + 1))
-    common = dict(
-        group=4, min_unique_ratio=0.0, only_tokens=scores, max_completion_length=p.task.n_items, temperature=5.0
+    item = grpo_step(
+        p,
+        combined,
+        credit="item",
+        group=4,
+        min_unique_ratio=0.0,
+        only_tokens=scores,
+        max_completion_length=p.task.n_items,
+        temperature=5.0,
     )
-    item = grpo_step(p, combined, credit="item", **common)
     texts, used = item["completions"], item["used"]
     assert all(len(parse_scores(t)) == p.task.n_items for t in texts), texts
     assert all(len(row) == p.task.n_items for row in used), used  # one advantage per score token
@@ -129,6 +136,7 @@ def test_a_real_step_with_item_credit_pays_each_score_its_own_advantage(tiny):
         if len({parse_scores(t)[k] for t in texts}) == 1:
             assert column == [0.0] * 4
     assert any(len({round(a, 5) for a in row}) > 1 for row in used), used  # not one value per completion
+    truth = read_jsonl(p.paths.train_file)[0]["scores"]  # the step's one prompt (the dataset is not shuffled)
+    expected = item_advantages(texts, [truth] * 4, 4, config, p.grpo.min_std, 0.0)
+    assert used == [pytest.approx(row, abs=1e-5) for row in expected]
     assert item["log"]["reward_stats/item_credit_frac"] == 1.0 and item["moved"]
-    sequence = grpo_step(p, combined, credit="sequence", **common)
-    assert all(isinstance(a, float) for a in sequence["used"])
