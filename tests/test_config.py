@@ -110,11 +110,20 @@ def test_bad_params_fail_with_file_and_key(params_file, change, message):
         ("grpo.temperature", r"expected section\.key=value"),
         ("grpo.num_generations=1", r"grpo\.num_generations must be >= 2"),  # same validation as the file
         ("grpo.temperature=[1", r"cannot parse value"),
+        ("grpo.credit=token", r"grpo\.credit must be one of sequence, item \(got 'token'\)"),
     ],
 )
 def test_bad_overrides_fail(override, message):
     with pytest.raises(ParamsError, match=message):
         load_params(ROOT / "params.yaml", [override])
+
+
+def test_item_credit_needs_a_reward_that_is_a_mean_over_items():
+    """grpo.credit item splits the reward by item: mode multi's is a mean over items, binary's and exact's are not."""
+    assert load_params(ROOT / "params.yaml", ["grpo.credit=item"]).grpo.credit == "item"
+    for mode in ("binary", "exact"):
+        with pytest.raises(ParamsError, match=rf"grpo\.credit item needs reward\.mode multi.*is {mode}"):
+            load_params(ROOT / "params.yaml", ["grpo.credit=item", f"reward.mode={mode}"])
 
 
 def test_missing_and_broken_files(tmp_path):
