@@ -27,7 +27,7 @@ import torch
 from tasks.config import load_params
 from tasks.evaluation import evaluate_checkpoint
 from tasks.modeling import load_base_model, save_artifact
-from tasks.prompts import CHAT_KEY, uses_chat_template
+from tasks.prompts import PromptFormat
 from tasks.reading import CONSENSUS, REFERENCES, reading_warnings, reference_answers, reference_metrics
 from tasks.training import run_grpo, run_sft
 
@@ -79,7 +79,6 @@ def _baselines(model_dir: Path, p, rows, consensus, sizes: list[int]) -> dict[st
 
     from tasks.evaluation import score_predictions
     from tasks.modeling import load_pretrained
-    from tasks.prompts import checkpoint_uses_chat_template
     from tasks.sampling import sample_completions
 
     model, tokenizer = load_pretrained(model_dir)
@@ -91,7 +90,7 @@ def _baselines(model_dir: Path, p, rows, consensus, sizes: list[int]) -> dict[st
         max(sizes),
         p.grpo.temperature,
         p.evaluate.max_new_tokens,
-        checkpoint_uses_chat_template(model_dir),
+        PromptFormat.of_checkpoint(model_dir),
         max(1, p.evaluate.batch_size // max(sizes)),
     )
     truths = [r["scores"] for r in rows]
@@ -131,8 +130,8 @@ def run_seed(
         results[name] = _with_consensus(metrics, records, consensus)
 
     model, tok = load_base_model(p.model, train_prompts, p.seed, (p.task.min_score, p.task.max_score))
-    chat = {CHAT_KEY: uses_chat_template(p.model.chat_template_mode, tok, p.model.name_or_path)}
-    results["base"] = _eval(save_artifact(model, tok, workdir / "models/base", chat), p, heldout, consensus)
+    fmt = PromptFormat.resolve(p.model.chat_template_mode, p.model.system_prompt, tok, p.model.name_or_path)
+    results["base"] = _eval(save_artifact(model, tok, workdir / "models/base", fmt.record()), p, heldout, consensus)
     del model
 
     t0 = time.perf_counter()

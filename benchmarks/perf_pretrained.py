@@ -35,9 +35,11 @@ from perf import RESULTS, SPANS, _collect_trl_profiling, _params, grpo_breakdown
 from tasks.data import completion_for, generate_dataset, read_jsonl
 from tasks.evaluation import generate_greedy
 from tasks.modeling import load_base_model, load_pretrained
-from tasks.prompts import prompt_ids
+from tasks.prompts import PromptFormat, prompt_ids
 
 PROFILE = "profiles/cpu-smollm2-135m.yaml"
+# the profile's prompt format: SmolLM2's chat template with the template's own system prompt
+CHAT = PromptFormat(chat=True)
 
 
 def matmul_peak(size: int = 2048, warmups: int = 3, repeats: int = 10) -> float:
@@ -60,7 +62,7 @@ def sft_step_shape(tokenizer, rows: list[dict], batch_size: int, samples: int = 
     import random
 
     lengths, targets = [], []
-    for ids, row in zip(prompt_ids(tokenizer, [r["prompt"] for r in rows], True), rows, strict=True):
+    for ids, row in zip(prompt_ids(tokenizer, [r["prompt"] for r in rows], CHAT), rows, strict=True):
         target = tokenizer(completion_for(row["scores"]) + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
         lengths.append(len(ids) + len(target))
         targets.append(len(target))
@@ -100,7 +102,7 @@ def shared_prefix_batch(tokenizer, rows: list[dict], prompts: int, group: int, s
 
     rng = random.Random(seed)
     chosen = rng.sample(rows, prompts)
-    encoded = prompt_ids(tokenizer, [r["prompt"] for r in chosen], True)
+    encoded = prompt_ids(tokenizer, [r["prompt"] for r in chosen], CHAT)
     answers = [
         tokenizer(completion_for(rng.choice(rows)["scores"]) + "<|im_end|>", add_special_tokens=False)["input_ids"]
         for _ in range(prompts * group)
@@ -287,7 +289,7 @@ def main() -> None:
         timings = {}
         for batch_size in args.eval_batch_sizes:
             started = time.perf_counter()
-            generate_greedy(model, tokenizer, prompts, batch_size, p.evaluate.max_new_tokens, True)
+            generate_greedy(model, tokenizer, prompts, batch_size, p.evaluate.max_new_tokens, CHAT)
             timings[batch_size] = time.perf_counter() - started
             seconds = timings[batch_size]
             print(f"evaluation of {len(prompts)} prompts at batch {batch_size}: {seconds:.1f} s", flush=True)

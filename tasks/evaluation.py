@@ -10,12 +10,15 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.config import Params
 from tasks.data import read_jsonl, write_jsonl
 from tasks.metrics import COUNT, EXAMPLE_METRICS, METRICS, Scored, aggregate
 from tasks.rewards import RewardConfig, score_completion
+
+if TYPE_CHECKING:
+    from tasks.prompts import PromptFormat
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +81,14 @@ def generate_greedy(
     prompts: Sequence[str],
     batch_size: int,
     max_new_tokens: int,
-    chat: bool = False,
+    fmt: PromptFormat | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Greedy completions for prompts, fed as training fed them (tasks.prompts.prompt_ids), decoded in left-padded
     batches with the KV cache; generation stops at the tokenizer's EOS (the end-of-turn token of a chat model)."""
     import torch
 
-    from tasks.prompts import prompt_ids
+    from tasks.prompts import PLAIN, prompt_ids
 
     model.eval()
     padding_side = tokenizer.padding_side
@@ -93,7 +96,7 @@ def generate_greedy(
     outputs: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            ids = prompt_ids(tokenizer, prompts[start : start + batch_size], chat)
+            ids = prompt_ids(tokenizer, prompts[start : start + batch_size], fmt or PLAIN)
             enc = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
             enc = {k: v.to(model.device) for k, v in enc.items()}
             with torch.inference_mode():
@@ -119,7 +122,7 @@ def evaluate_checkpoint(model_dir: str | Path, p: Params, rows: list[dict[str, A
     import torch
 
     from tasks.modeling import load_pretrained
-    from tasks.prompts import checkpoint_uses_chat_template
+    from tasks.prompts import PromptFormat
 
     model, tokenizer = load_pretrained(model_dir, p.model.trust_remote_code)
     if torch.cuda.is_available():
@@ -130,9 +133,9 @@ def evaluate_checkpoint(model_dir: str | Path, p: Params, rows: list[dict[str, A
     def progress(done: int, total: int) -> None:
         log.info("evaluate %s: %d/%d prompts", Path(model_dir).name, done, total)
 
-    chat = checkpoint_uses_chat_template(model_dir)
+    fmt = PromptFormat.of_checkpoint(model_dir)
     batch, max_new = p.evaluate.batch_size, p.evaluate.max_new_tokens
-    texts = generate_greedy(model, tokenizer, prompts, batch, max_new, chat, progress)
+    texts = generate_greedy(model, tokenizer, prompts, batch, max_new, fmt, progress)
     metrics, examples = score_predictions(
         texts, [r["scores"] for r in rows], p.reward.config, p.task.min_score, p.task.max_score
     )

@@ -79,6 +79,7 @@ def _coerce(value: Any, tp: Any, key: str, file: Origin) -> Any:
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, int | float) and not isinstance(value, bool),
         str: isinstance(value, str),
+        type(None): value is None,
     }.get(tp)
     if ok is None:
         raise TypeError(f"unsupported params type {tp!r} for {key}")

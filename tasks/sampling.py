@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.prompts import PromptFormat
 
 # Architectures tested equal to the row-wise pass (tests/test_shared_prefix.py: the built-in model, SmolLM2). Others
 # that take position ids and a custom 4D mask may well work (Mistral, Qwen2/3) but fall back to TRL's pass until
@@ -198,7 +201,7 @@ def sample_completions(
     n: int,
     temperature: float,
     max_new_tokens: int,
-    chat: bool,
+    fmt: PromptFormat,
     batch_size: int,
 ) -> list[list[str]]:
     """n sampled completions per prompt (top-k and top-p off, as GRPO samples), prompts fed as training fed them."""
@@ -212,7 +215,7 @@ def sample_completions(
     out: list[list[str]] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            ids = prompt_ids(tokenizer, prompts[start : start + batch_size], chat)
+            ids = prompt_ids(tokenizer, prompts[start : start + batch_size], fmt)
             repeated = [row for row in ids for _ in range(n)]
             enc = tokenizer.pad({"input_ids": repeated}, padding=True, return_tensors="pt")
             with torch.inference_mode():

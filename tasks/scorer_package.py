@@ -54,10 +54,10 @@ class ScorePredictor(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         """Load the saved transformers model and tokenizer from the logged artifact."""
         from tasks.modeling import load_pretrained
-        from tasks.prompts import checkpoint_uses_chat_template
+        from tasks.prompts import PromptFormat
 
         self.model, self.tokenizer = load_pretrained(context.artifacts[MODEL_ARTIFACT])
-        self.chat = checkpoint_uses_chat_template(context.artifacts[MODEL_ARTIFACT])
+        self.fmt = PromptFormat.of_checkpoint(context.artifacts[MODEL_ARTIFACT])
         config = context.model_config or {}
         self.batch_size = int(config.get("batch_size", 8))
         self.max_new_tokens = int(config.get("max_new_tokens", 8))
@@ -70,9 +70,9 @@ class ScorePredictor(mlflow.pyfunc.PythonModel):
         from tasks.rewards import parse_scores
 
         prompts = _prompts(model_input)
-        # getattr: a predictor unpickled from a version whose class had no `chat` attribute used plain prompts
-        chat = getattr(self, "chat", False)
-        texts = generate_greedy(self.model, self.tokenizer, prompts, self.batch_size, self.max_new_tokens, chat)
+        # getattr: a predictor whose load_context did not run (called directly) feeds plain prompts
+        fmt = getattr(self, "fmt", None)
+        texts = generate_greedy(self.model, self.tokenizer, prompts, self.batch_size, self.max_new_tokens, fmt)
         return [parse_scores(text) for text in texts]
 
 

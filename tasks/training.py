@@ -15,17 +15,17 @@ from tasks.dvcfile import stage_params
 from tasks.grpo_trainer import STATS_PREFIX, DeadComponentMonitor, component_stats, grpo_trainer_class
 from tasks.launcher import world_size
 from tasks.modeling import check_targets, load_base_model, load_pretrained, peft_config_for
-from tasks.prompts import CHAT_KEY, check_fits, checkpoint_uses_chat_template, trl_example, uses_chat_template
+from tasks.prompts import PromptFormat, check_fits, trl_example
 from tasks.reward_funcs import build_reward_funcs
 from tasks.trainer_setup import LogCapture, device_kwargs, quiet, score_labelled_positions_only
 
 log = logging.getLogger(__name__)
 
 
-def _resolved(p: Params, stage: str, chat: bool) -> dict[str, Any]:
+def _resolved(p: Params, stage: str, fmt: PromptFormat) -> dict[str, Any]:
     """What the saved model records: its prompt format (tasks.prompts) and exactly the params dvc.yaml gives the
     stage, so that it never shows a value DVC would not re-run the stage for."""
-    return {"stage": stage, CHAT_KEY: chat, **stage_params(p, stage)}
+    return {"stage": stage, **fmt.record(), **stage_params(p, stage)}
 
 
 def _write_logs(path: Path, logs: list[dict[str, Any]], extra: dict[str, Any]) -> None:
@@ -41,12 +41,12 @@ def _save_stage(
     stage: str,
     result: Any,
     resumed_from: int | None,
-    chat: bool,
+    fmt: PromptFormat,
 ) -> tuple[Path, dict[str, Any], bool]:
     """Save a trained stage's artefact (main process only, the others wait) and summarise the run: (artefact
     folder, summary, whether this is the main process)."""
     main = trainer.accelerator.is_main_process
-    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, stage, chat), main)
+    out_dir = checkpoints.save(trainer.model, tokenizer, _resolved(p, stage, fmt), main)
     trainer.accelerator.wait_for_everyone()
     summary = {
         "train_runtime": result.metrics.get("train_runtime"),
@@ -72,10 +72,10 @@ def run_sft(p: Params) -> dict[str, Any]:
     score_range = (p.task.min_score, p.task.max_score)
     model, tokenizer = load_base_model(p.model, (r["prompt"] for r in rows), p.seed, score_range)
     check_targets(tokenizer, p.paths.train_file, ((n, completion_for(r["scores"])) for n, r in lines))
-    chat = uses_chat_template(p.model.chat_template_mode, tokenizer, p.model.name_or_path)
+    fmt = PromptFormat.resolve(p.model.chat_template_mode, p.model.system_prompt, tokenizer, p.model.name_or_path)
     texts = [(n, r["prompt"], completion_for(r["scores"])) for n, r in lines]
-    check_fits(tokenizer, p.paths.train_file, texts, chat, p.model.max_length)
-    dataset = Dataset.from_list([trl_example(r["prompt"], completion_for(r["scores"]), chat) for r in rows])
+    check_fits(tokenizer, p.paths.train_file, texts, fmt, p.model.max_length)
+    dataset = Dataset.from_list([trl_example(r["prompt"], completion_for(r["scores"]), fmt) for r in rows])
     # --- train, resuming an interrupted run of the same params and data from its last complete checkpoint
     capture = LogCapture("sft")
     fingerprint = stage_fingerprint(p, "sft", [p.paths.train_file])
@@ -107,7 +107,7 @@ def run_sft(p: Params) -> dict[str, Any]:
     quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
     # --- save
-    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "sft", result, resumed_from, chat)
+    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "sft", result, resumed_from, fmt)
     summary["train_loss"] = result.training_loss
     if main:
         _write_logs(Path(p.paths.reports_dir) / "sft_logs.json", capture.logs, {"summary": summary})
@@ -135,9 +135,9 @@ def run_grpo(p: Params) -> dict[str, Any]:
         raise FileNotFoundError(f"{sft_dir}: no SFT checkpoint; run the sft stage first (GRPO only after SFT)")
     model, tokenizer = load_pretrained(sft_dir, p.model.trust_remote_code)
     # --- data, formatted as SFT trained: TRL passes the `scores` column to every reward function
-    chat = checkpoint_uses_chat_template(sft_dir)
+    fmt = PromptFormat.of_checkpoint(sft_dir)
     rows = read_jsonl(p.paths.train_file)
-    dataset = Dataset.from_list([{**trl_example(r["prompt"], None, chat), "scores": r["scores"]} for r in rows])
+    dataset = Dataset.from_list([{**trl_example(r["prompt"], None, fmt), "scores": r["scores"]} for r in rows])
     # --- reward
     funcs, weights = build_reward_funcs(p.reward.mode, p.reward.config, p.reward.binary_tolerance)
     monitor = DeadComponentMonitor(
@@ -191,7 +191,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
     quiet(trainer)
     result, resumed_from = checkpoints.train(trainer)
     # --- save
-    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "grpo", result, resumed_from, chat)
+    out_dir, summary, main = _save_stage(trainer, checkpoints, tokenizer, p, "grpo", result, resumed_from, fmt)
     components = [
         {"step": e["step"], "component": c, "mean": e[f"{STATS_PREFIX}{c}/mean"]}
         for e in monitor.logs

@@ -33,6 +33,8 @@ class ModelConfig:
     trust_remote_code: bool
     # prompts through the tokenizer's chat template: auto (when it has one), on (required) or off
     chat_template: bool | str
+    # with a chat template: a system message before every prompt ("" an empty one); null: the template's own
+    system_prompt: str | None
     # Shape of the built-in model; ignored for a pretrained one.
     hidden_size: int
     num_layers: int

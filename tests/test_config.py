@@ -111,6 +111,7 @@ def test_bad_params_fail_with_file_and_key(params_file, change, message):
         ("grpo.num_generations=1", r"grpo\.num_generations must be >= 2"),  # same validation as the file
         ("grpo.temperature=[1", r"cannot parse value"),
         ("grpo.credit=token", r"grpo\.credit must be one of sequence, item \(got 'token'\)"),
+        ("model.system_prompt=3", r"--set model\.system_prompt: model\.system_prompt must be str \| None, got 3"),
     ],
 )
 def test_bad_overrides_fail(override, message):
@@ -124,6 +125,13 @@ def test_item_credit_needs_a_reward_that_is_a_mean_over_items():
     for mode in ("binary", "exact"):
         with pytest.raises(ParamsError, match=rf"grpo\.credit item needs reward\.mode multi.*is {mode}"):
             load_params(ROOT / "params.yaml", ["grpo.credit=item", f"reward.mode={mode}"])
+
+
+def test_system_prompt_is_null_or_text():
+    """model.system_prompt: null (the chat template's own), any text, or "" (an empty system message)."""
+    assert load_params(ROOT / "params.yaml").model.system_prompt is None
+    assert load_params(ROOT / "params.yaml", ["model.system_prompt=Rate it."]).model.system_prompt == "Rate it."
+    assert load_params(ROOT / "params.yaml", ["model.system_prompt=''"]).model.system_prompt == ""
 
 
 def test_missing_and_broken_files(tmp_path):

@@ -8,7 +8,7 @@ from project import TINY, overrides, tiny_params
 
 from tasks.data import read_jsonl
 from tasks.modeling import load_base_model
-from tasks.prompts import prompt_ids
+from tasks.prompts import PLAIN, prompt_ids
 from tasks.sampling import generate_shared_prefix, sample_completions
 
 
@@ -20,7 +20,7 @@ def model_and_batch(tmp_path):
     model.eval()
     tokenizer.padding_side = "left"
     # prompts of different lengths, each repeated 3 times: left padding differs inside the batch
-    ids = prompt_ids(tokenizer, [r["prompt"] for r in rows[:4]], False)
+    ids = prompt_ids(tokenizer, [r["prompt"] for r in rows[:4]], PLAIN)
     assert len({len(i) for i in ids}) > 1
     enc = tokenizer.pad({"input_ids": [row for row in ids for _ in range(3)]}, padding=True, return_tensors="pt")
     return model, tokenizer, enc
@@ -92,6 +92,6 @@ def test_grpo_and_n_sample_decoding_compute_each_prompt_once(tmp_path, model_and
     model, tokenizer, _ = model_and_batch
     prompts = [r["prompt"] for r in read_jsonl(Path(p.paths.heldout_file))[:4]]
     prefills = _Prefills(model)
-    samples = sample_completions(model, tokenizer, prompts, 5, 1.0, 4, False, batch_size=4)
+    samples = sample_completions(model, tokenizer, prompts, 5, 1.0, 4, PLAIN, batch_size=4)
     prefills.handle.remove()
     assert [len(s) for s in samples] == [5, 5, 5, 5] and prefills.sizes == [4]

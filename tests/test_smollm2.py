@@ -171,8 +171,9 @@ class _FedIds:
 
 def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_same_prompt_ids(tmp_path, smollm2):
     """Train/eval/serve parity on the real SmolLM2 tokenizer and chat template (with a tiny random Llama of the
-    same vocabulary, to stay quick): the ids SFT trained on, GRPO sampled and scored from, the evaluator decoded
-    from and the registered scorer decodes from are, for every prompt, tasks.prompts.prompt_ids."""
+    same vocabulary, to stay quick) and a model.system_prompt in place of the template's own: the ids SFT trained on,
+    GRPO sampled and scored from, the evaluator decoded from and the registered scorer decodes from are, for every
+    prompt, tasks.prompts.prompt_ids of that format (the system prompt is recorded with the weights)."""
     import mlflow
     import torch
     from project import tiny_params
@@ -180,7 +181,7 @@ def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_
 
     from tasks.data import completion_for, read_jsonl
     from tasks.evaluation import run_evaluate
-    from tasks.prompts import prompt_ids
+    from tasks.prompts import PromptFormat, prompt_ids
     from tasks.scorer_package import log_score_model
     from tasks.training import run_grpo, run_sft
 
@@ -204,14 +205,18 @@ def test_chat_template_parity_sft_grpo_evaluation_and_the_served_model_feed_the_
         "grpo.num_generations=2",
         "grpo.max_completion_length=4",
         "evaluate.max_new_tokens=4",
+        "model.system_prompt=Rate the review.",
     )
     train, heldout = read_jsonl(p.paths.train_file), read_jsonl(p.paths.heldout_file)
+    fmt = PromptFormat(chat=True, system="Rate the review.")
 
     def by_ids(rows: list[dict]) -> dict[tuple[int, ...], dict]:
-        ids = prompt_ids(tokenizer, [r["prompt"] for r in rows], True)
+        ids = prompt_ids(tokenizer, [r["prompt"] for r in rows], fmt)
         return {tuple(i): row for i, row in zip(ids, rows, strict=True)}
 
     expected = by_ids(train)
+    rendered = tokenizer.decode(next(iter(expected)))
+    assert rendered.startswith("<|im_start|>system\nRate the review.<|im_end|>") and "SmolLM" not in rendered
     generation_prompt = tuple(tokenizer("<|im_start|>assistant\n")["input_ids"])
     assert all(ids[-len(generation_prompt) :] == generation_prompt for ids in expected)
     pad = tokenizer.pad_token_id
@@ -280,3 +285,34 @@ def test_the_shared_prefix_pass_equals_trls_on_the_real_weights_with_lora(tmp_pa
     out, mask = both_passes(trainer, grpo_batch(tokenizer, prompts, 4, "left", len(tokenizer)))
     assert all("lora_" in name for name in out[True][3])  # the adapters are what trains
     assert_equal_passes(out, mask)
+
+
+def test_the_system_prompt_replaces_the_templates_own_and_is_read_back_from_the_checkpoint(tmp_path, smollm2):
+    """model.system_prompt on the real SmolLM2 template: unset, the template adds its own default system prompt;
+    "" an empty system message (16 tokens fewer on every prompt); text that message. The format a checkpoint records
+    is the one read back; a system prompt without a chat template is refused, naming the setting."""
+    from transformers import AutoTokenizer
+
+    from tasks.modeling import RESOLVED_CONFIG
+    from tasks.prompts import PLAIN, PromptFormat, prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    prompt = ["The food was great."]
+    default = PromptFormat.resolve("auto", None, tokenizer, "smollm2")
+    empty = PromptFormat.resolve("auto", "", tokenizer, "smollm2")
+    own = PromptFormat.resolve("on", "Rate the review.", tokenizer, "smollm2")
+    assert default == PromptFormat(chat=True, system=None)
+    texts = {f: tokenizer.decode(prompt_ids(tokenizer, prompt, f)[0]) for f in (default, empty, own)}
+    assert "You are a helpful AI assistant named SmolLM" in texts[default]
+    assert texts[empty].startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nThe food was great.")
+    assert texts[own].startswith("<|im_start|>system\nRate the review.<|im_end|>\n<|im_start|>user\n")
+    assert len(prompt_ids(tokenizer, prompt, default)[0]) - len(prompt_ids(tokenizer, prompt, empty)[0]) == 16
+
+    for fmt in (default, empty, own, PLAIN):
+        (tmp_path / RESOLVED_CONFIG).write_text(json.dumps({"stage": "sft", **fmt.record()}))
+        assert PromptFormat.of_checkpoint(tmp_path) == fmt
+    assert PromptFormat.of_checkpoint(tmp_path / "no-such-checkpoint") == PLAIN
+
+    with pytest.raises(ValueError, match=r"model\.system_prompt is set, but prompts to smollm2 go without a chat"):
+        PromptFormat.resolve("off", "Rate the review.", tokenizer, "smollm2")
+    assert PromptFormat.resolve("off", None, tokenizer, "smollm2") == PLAIN
