@@ -77,10 +77,11 @@ class Lineage:
         """After regenerating the embedded data: cache it when it matches the pin; warn when it does not."""
         if not self.active or not (self.root / dvc_file).exists():
             return
+        from tasks.pinning import pin_changes
+
         with self._repo() as repo:
-            status = repo.status(targets=[dvc_file])
-        changes = [v for entry in status.get(dvc_file, []) for v in entry.get("changed outs", {}).values()]
-        if changes and all(change == "not in cache" for change in changes):
+            changes = pin_changes(repo, dvc_file)
+        if changes == {"not in cache"}:
             with self._repo() as repo:
                 repo.commit(dvc_file, force=True)
         elif changes:

@@ -81,8 +81,7 @@ def check_data(
                 )
             return DataPin(None, None, None, (), "not a DVC project: the data is not pinned")
         dvc_file, out = _pinning_file(repo, root, paths, mode, gate, can_pin)
-        status = repo.status(targets=[dvc_file])
-        changes = {c for entry in status.get(dvc_file, []) for c in entry.get("changed outs", {}).values()}
+        changes = pin_changes(repo, dvc_file)
         old = _md5(root, dvc_file)
         if not can_pin and mode == "refuse" and _differs_from_git(root, dvc_file):
             raise DataNotPinned(
@@ -130,6 +129,20 @@ def check_data(
         )
         log.warning("%s", message)
         return DataPin(dvc_file, out, new, tuple(changed), message)
+
+
+def pin_changes(repo: Any, dvc_file: str) -> set[str]:
+    """How the files differ from what dvc_file pins, in DVC's words ("modified", "deleted", "not in cache", ...;
+    none: as pinned). DVC's status says "not in cache" alone for an output whose pinned object the cache lacks (a
+    fresh clone, a cleared cache) without looking at the files: those outputs' files are hashed and compared with
+    the pin here, so that changed files are never taken for the pinned ones (and pinned unchecked)."""
+    status = repo.status(targets=[dvc_file])
+    changes = {c for entry in status.get(dvc_file, []) for c in entry.get("changed outs", {}).values()}
+    if "not in cache" in changes:
+        for stage in repo.stage.collect(dvc_file):
+            for output in stage.outs:
+                changes |= set(output.workspace_status().values())
+    return changes
 
 
 def _pinning_file(

@@ -108,3 +108,39 @@ def test_outside_a_dvc_project_refuse_means_refuse(tmp_path):
     assert refused.returncode == 1, refused.stderr
     assert "is not a DVC project and data.pin is refuse: nothing pins the data files" in refused.stderr
     assert "`dvc init`" in refused.stderr and not (tmp_path / "models").exists()
+
+
+def test_changed_files_are_not_taken_for_the_pin_when_the_cache_lacks_it(tmp_path, monkeypatch):
+    """On a fresh clone (or with a cleared cache) DVC's status says only "not in cache" for the pinned data, whatever
+    the files hold. Files as pinned are cached under the old md5; changed files stay changed: refuse refuses, and pin
+    runs the data gate first (a failing gate leaves data.dvc and the cache as they were) and pins the new content
+    under its own md5, never the old one."""
+    import shutil
+
+    from tasks.config import load_params
+    from tasks.pinning import DataNotPinned, check_data
+
+    repo, _env = make_repo(tmp_path)
+    monkeypatch.chdir(repo)
+    paths = load_params(repo / "params.yaml").paths
+    old, before = _pin(repo), (repo / "data.dvc").read_bytes()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    same = check_data(repo, paths, "pin")
+    assert same.md5 == old and same.changed == () and same.message.endswith("; added to the DVC cache")
+
+    shutil.rmtree(repo / ".dvc" / "cache")
+    _change_row(repo / "data" / "train.jsonl", 0)
+    with pytest.raises(DataNotPinned, match=rf"changed since data\.dvc pinned data \(md5 {old}\), and data\.pin is"):
+        check_data(repo, paths, "refuse")
+
+    def failing_gate():
+        raise RuntimeError("the data gate refused it")
+
+    with pytest.raises(RuntimeError, match="the data gate refused it"):
+        check_data(repo, paths, "pin", gate=failing_gate)
+    assert (repo / "data.dvc").read_bytes() == before and _cache(repo) == set()
+
+    gated = []
+    pinned = check_data(repo, paths, "pin", gate=lambda: gated.append(True))
+    assert gated == [True] and pinned.changed and pinned.md5 == _pin(repo) != old
+    assert "pinned as md5" in pinned.message and f"(was {old})" in pinned.message
