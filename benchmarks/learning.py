@@ -26,9 +26,10 @@ import torch
 
 from tasks.config import load_params
 from tasks.evaluation import evaluate_checkpoint
+from tasks.grpo_trainer import STATS_PREFIX
 from tasks.modeling import load_base_model, save_artifact
 from tasks.prompts import PromptFormat
-from tasks.reading import CONSENSUS, REFERENCES, reading_warnings, reference_answers, reference_metrics
+from tasks.reading import CONSENSUS, REFERENCES, reading_warnings, reference_answers, reference_metrics, short_of
 from tasks.training import run_grpo, run_sft
 
 METRICS = (
@@ -174,7 +175,7 @@ def run_seed(
 
 
 # what GRPO logs per logging window: the mean combined reward of its sampled completions
-REWARD_LOG = "reward_stats/combined/mean"
+REWARD_LOG = f"{STATS_PREFIX}combined/mean"
 # the claim: GRPO multi past each of these on within_1 and MAE (MBR over 8 samples when the run has it)
 CLAIM_OVER = ("sft", "sft_equal_compute", "sft_mbr@8")
 
@@ -188,7 +189,7 @@ def claim_lines(seed: int, result: dict[str, dict]) -> list[str]:
     out = []
     for row in (r for r in CLAIM_OVER if r in result):
         w, m = g["within_1"] - result[row]["within_1"], g["mae"] - result[row]["mae"]
-        verdict = "past" if w > 0 and m < 0 else "NOT past"
+        verdict = "NOT past" if short_of(g, result[row]) else "past"
         out.append(f"seed {seed}: grpo_multi {verdict} {row} (within_1 {w:+.3f}, MAE {m:+.3f})")
     r = result.get("training_reward_multi")
     if r:

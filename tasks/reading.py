@@ -64,15 +64,20 @@ def reference_metrics(
     }
 
 
-def not_past_constant(metrics: Mapping[str, float], constant: Mapping[str, float]) -> str | None:
-    """Why a model's metrics are not past the constant answer's (within_1 higher and MAE lower), or None when they
-    are."""
+def short_of(metrics: Mapping[str, float], other: Mapping[str, float]) -> list[str]:
+    """The metrics of READING_BAR on which `metrics` is not better than `other` (none: past it)."""
     from tasks.metric_table import SPECS
 
     def better(m: str) -> bool:
-        return metrics[m] > constant[m] if SPECS[m].higher_is_better else metrics[m] < constant[m]
+        return metrics[m] > other[m] if SPECS[m].higher_is_better else metrics[m] < other[m]
 
-    short = [f"{m} {metrics[m]:.3f} vs {constant[m]:.3f}" for m in READING_BAR if not better(m)]
+    return [m for m in READING_BAR if not better(m)]
+
+
+def not_past_constant(metrics: Mapping[str, float], constant: Mapping[str, float]) -> str | None:
+    """Why a model's metrics are not past the constant answer's (within_1 higher and MAE lower), or None when they
+    are."""
+    short = [f"{m} {metrics[m]:.3f} vs {constant[m]:.3f}" for m in short_of(metrics, constant)]
     if not short:
         return None
     return (
