@@ -150,7 +150,7 @@ def shared_prefix_timing(p, groups=(4, 8, 16), repeats: int = 3) -> dict:
     score_labelled_positions_only()
     model, tokenizer = load_base_model(p.model, [], p.seed)
     add_fused_lm_head(model, temperature=p.grpo.temperature, outputs=("log_probs", "entropy"))
-    model = get_peft_model(model, peft_config_for(p.grpo.lora, p.model))
+    model = get_peft_model(model, peft_config_for(p.grpo.lora, p.model, model, "grpo"))
     model.train()
     rows = read_jsonl(p.paths.train_file)
     out = {}

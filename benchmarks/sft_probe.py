@@ -66,7 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--try", dest="tries", action="append", required=True, help="space-separated overrides")
-    parser.add_argument("--set", dest="common", action="append", default=[], help="an override for every try")
+    parser.add_argument(
+        "--set", dest="common", action="append", default=[], help="space-separated overrides for every try"
+    )
     parser.add_argument("--heldout", type=int, default=200, help="prompts scored (the first of the split)")
     parser.add_argument("--split", choices=("heldout", "validation"), default="heldout", help="the rows scored")
     parser.add_argument("--grpo", action="store_true", help="run GRPO after SFT and score it too")
@@ -81,7 +83,7 @@ def main() -> None:
     print("|---" * (len(COLUMNS) + 5) + "|")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for i, setting in enumerate(args.tries):
-        overrides = [*args.common, *shlex.split(setting)]
+        overrides = [*(o for common in args.common for o in shlex.split(common)), *shlex.split(setting)]
         workdir = args.workdir / f"try{i}"
         result = probe(args.params, overrides, workdir, args.heldout, args.split, args.grpo, args.sft_from)
         constant = result["constant"]
@@ -104,7 +106,7 @@ def main() -> None:
         + " ".join([f"--params {args.params}", f"--heldout {args.heldout}", f"--split {args.split}"])
         + (" --grpo" if args.grpo else "")
         + (f" --sft-from {args.sft_from}" if args.sft_from else "")
-        + "".join(f" --set {c}" for c in args.common)
+        + "".join(f" --set {shlex.quote(c)}" for c in args.common)
         + "".join(f" --try {shlex.quote(t)}" for t in args.tries)
     )
 

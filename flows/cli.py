@@ -176,6 +176,9 @@ def _stage_data(name: str, p: Params) -> Iterator[None]:
     except ProjectBusy as err:
         typer.secho(f"not started: {err}", err=True, fg="red")
         raise typer.Exit(BUSY_EXIT_CODE) from None
+    except ParamsError as err:  # a value only the loaded model can judge (tasks.modeling.peft_config_for)
+        typer.secho(f"error in stage {name}: {err}", err=True, fg="red")
+        raise typer.Exit(2) from None
     except _pipeline_errors() as err:
         typer.secho(f"error in stage {name}: {err}", err=True, fg="red")
         raise typer.Exit(1) from None

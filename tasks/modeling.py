@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tasks.profiles import ParamsError
 from tasks.training_params import LoraConfig, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -160,17 +161,27 @@ def check_targets(tokenizer: Any, file: str | Path, targets: Iterable[tuple[int,
         )
 
 
-def peft_config_for(lora: LoraConfig, model_cfg: ModelConfig) -> Any | None:
-    """A PEFT LoraConfig when LoRA is active for this model, else None."""
+def peft_config_for(lora: LoraConfig, model_cfg: ModelConfig, model: Any, section: str) -> Any | None:
+    """A PEFT LoraConfig for the loaded model when LoRA is active for it (params section `section`), else None."""
     if not lora.active(model_cfg):
         return None
     from peft import LoraConfig as PeftLoraConfig
 
+    layers = None
+    if lora.last_layers is not None:
+        total = model.config.num_hidden_layers
+        if lora.last_layers > total:
+            raise ParamsError(
+                f"params: {section}.lora.last_layers is {lora.last_layers}, but {model_cfg.name_or_path} has "
+                f"{total} decoder layers; set it to at most {total}, or null for every layer"
+            )
+        layers = list(range(total - lora.last_layers, total))
     return PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
 

@@ -101,7 +101,7 @@ def run_sft(p: Params) -> dict[str, Any]:
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_config_for(p.sft.lora, p.model),
+        peft_config=peft_config_for(p.sft.lora, p.model, model, "sft"),
         callbacks=[capture.callback, checkpoints.callback],
     )
     quiet(trainer)
@@ -179,7 +179,7 @@ def run_grpo(p: Params) -> dict[str, Any]:
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_config_for(p.grpo.lora, p.model),
+        peft_config=peft_config_for(p.grpo.lora, p.model, model, "grpo"),
         callbacks=[monitor.callback, checkpoints.callback],
         reward_config=p.reward.config,
         min_std=p.grpo.min_std,

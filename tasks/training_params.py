@@ -73,6 +73,9 @@ class LoraConfig:
     alpha: int
     dropout: float
     target_modules: tuple[str, ...]
+    # LoRA on the last N decoder layers only (null: every layer). Backpropagation stops below the lowest adapted
+    # layer, so a step costs less (SmolLM2-135M, 15 of 30 layers: ~35 % less per SFT step on 2 CPU cores).
+    last_layers: int | None
 
     def __post_init__(self) -> None:
         _check(
@@ -84,6 +87,11 @@ class LoraConfig:
         _check(self.alpha >= 1, "alpha", f"must be >= 1 (got {self.alpha})")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
         _check(len(self.target_modules) >= 1, "target_modules", "must name at least one module")
+        _check(
+            self.last_layers is None or self.last_layers >= 1,
+            "last_layers",
+            f"must be null (every layer) or >= 1 (got {self.last_layers})",
+        )
 
     def active(self, model: ModelConfig) -> bool:
         return (not model.is_builtin) if self.enabled == "auto" else bool(self.enabled)

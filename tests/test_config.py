@@ -73,6 +73,7 @@ def test_override_changes_one_value():
             lambda r: r["sft"]["lora"].update(enabled="maybe"),
             r"sft\.lora\.enabled must be true, false or auto",
         ),
+        (lambda r: r["grpo"]["lora"].update(last_layers=0), r"grpo\.lora\.last_layers must be null \(every layer\)"),
         (lambda r: r["model"].update(name_or_path="builtin:huge"), r"model\.name_or_path knows one built-in"),
         (lambda r: r.update(paths=["data"]), r"paths must be a mapping"),
         (lambda r: r["task"].update(n_validation=0), r"task\.n_validation must be >= 1"),

@@ -274,7 +274,12 @@ def test_the_shared_prefix_pass_equals_trls_on_the_real_weights_with_lora(tmp_pa
     lora = yaml.safe_load((ROOT / "params.yaml").read_text())["grpo"]["lora"]
     lora = LoraConfig(**{**lora, "enabled": True, "dropout": 0.0, "target_modules": tuple(lora["target_modules"])})
     trainer = make_trainer(
-        model, tokenizer, p.paths.train_file, tmp_path, "auto", peft_config=peft_config_for(lora, p.model)
+        model,
+        tokenizer,
+        p.paths.train_file,
+        tmp_path,
+        "auto",
+        peft_config=peft_config_for(lora, p.model, model, "grpo"),
     )
     assert trainer.shared_prefix is True
     with torch.no_grad():

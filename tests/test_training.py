@@ -179,6 +179,28 @@ def test_from_pretrained_path_with_and_without_lora(tiny, tmp_path):
     assert any("mlp" in k for k in _changed(base, _state(full["model_dir"])))
 
 
+def test_lora_on_the_last_layers_moves_only_those_layers(tiny, tmp_path):
+    """sft.lora.last_layers N puts adapters on the last N decoder layers only: after the merge, the attention weights
+    of those layers moved and no weight below them did; more layers than the model has is refused, naming the key."""
+    from tasks.config import ParamsError
+    from tasks.training import run_sft
+
+    p = tiny("model.num_layers=3")
+    rows = read_jsonl(p.paths.train_file)
+    model, tok = load_base_model(p.model, (r["prompt"] for r in rows), p.seed)
+    layers = model.config.num_hidden_layers
+    local = save_artifact(model, tok, tmp_path / "pretrained", {})
+    base = _state(local)
+
+    top = run_sft(tiny(f"model.name_or_path={local}", "sft.lora.last_layers=2"))
+    changed = _changed(base, _state(top["model_dir"]))
+    moved = {int(k.split(".layers.")[1].split(".")[0]) for k in changed}
+    assert moved == {layers - 2, layers - 1} and all("self_attn" in k for k in changed), changed
+
+    with pytest.raises(ParamsError, match=rf"sft\.lora\.last_layers is {layers + 1}, but .* has {layers} decoder"):
+        run_sft(tiny(f"model.name_or_path={local}", f"sft.lora.last_layers={layers + 1}"))
+
+
 def test_grpo_without_sft_fails_clearly(tiny):
     from tasks.training import run_grpo
 
