@@ -29,7 +29,7 @@ def _project(root: Path, lo: int, hi: int, *extra: str):
     write_jsonl(root / "data" / "train.jsonl", _rows(400, 1, lo, hi))
     write_jsonl(root / "data" / "heldout.jsonl", _rows(80, 2, lo, hi))
     shape = ["task.n_items=1", f"task.min_score={lo}", f"task.max_score={hi}", "model.hidden_size=64"]
-    shape += ["model.num_layers=2", "model.intermediate_size=128", "sft.batch_size=16", "sft.learning_rate=0.01"]
+    shape += ["model.num_layers=2", "model.intermediate_size=128", "sft.batch_size=16", "sft.learning_rate=0.003"]
     return tiny_params(root, *shape, *extra)
 
 
@@ -48,7 +48,9 @@ def test_a_short_sft_emits_the_extreme_scores_of_the_range(tmp_path, lo, hi):
     p = _project(tmp_path, lo, hi, "sft.max_steps=300")
     run_sft(p)
     metrics = run_evaluate(p, ("sft",))["sft"]
-    assert metrics["format_compliance"] == 1.0
+    # one word per level: 300 steps learn the whole mapping (item accuracy 1.0 on both ranges at lr 3e-3; at 1e-2
+    # the run is unstable, 0.63 on 0..10 on one machine and 0.69 on another, and may never emit an extreme)
+    assert metrics["format_compliance"] == 1.0 and metrics["item_accuracy"] >= 0.9, metrics
     predictions = read_jsonl(Path(p.paths.reports_dir) / "predictions_sft.jsonl")
     for extreme in (lo, hi):
         truth_extreme = [r for r in predictions if r["scores"] == [extreme]]
