@@ -74,7 +74,7 @@ class LoraConfig:
     dropout: float
     target_modules: tuple[str, ...]
     # LoRA on the last N decoder layers only (null: every layer). Backpropagation stops below the lowest adapted
-    # layer, so a step costs less (SmolLM2-135M, 15 of 30 layers: ~35 % less per SFT step on 2 CPU cores).
+    # layer, so a step costs less, and the layers below learn nothing (measured: docs/learning.md).
     last_layers: int | None
 
     def __post_init__(self) -> None:

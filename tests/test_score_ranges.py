@@ -48,8 +48,8 @@ def test_a_short_sft_emits_the_extreme_scores_of_the_range(tmp_path, lo, hi):
     p = _project(tmp_path, lo, hi, "sft.max_steps=300")
     run_sft(p)
     metrics = run_evaluate(p, ("sft",))["sft"]
-    # one word per level: 300 steps learn the whole mapping (item accuracy 1.0 on both ranges at lr 3e-3; at 1e-2
-    # the run is unstable, 0.63 on 0..10 on one machine and 0.69 on another, and may never emit an extreme)
+    # one word per level: 300 steps at lr 3e-3 learn the whole mapping (item accuracy 1.0 on both ranges); at 1e-2
+    # the run is unstable (0.63-0.69 on 0..10) and may never emit an extreme
     assert metrics["format_compliance"] == 1.0 and metrics["item_accuracy"] >= 0.9, metrics
     predictions = read_jsonl(Path(p.paths.reports_dir) / "predictions_sft.jsonl")
     for extreme in (lo, hi):
